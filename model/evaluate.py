@@ -1,0 +1,262 @@
+"""Parity and quality figures for an artifact: `python -m model eval DIR` prints each one.
+
+Every figure is a Check with its bound, so the same numbers gate the tests, the export's
+int8 decision and the command line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from model.data import read_sts, sts_dir, unique_sentences
+from model.errors import ModelError
+from service.artifact import ATTENTION_MASK, FAST, FAST_FP16, FAST_INT8, INPUT_IDS, Artifact
+from service.pooling import l2_normalize, pad_batch, pool
+from service.runtime import cuda_usable
+
+PUBLISHED_STS_TEST = 82.03  # all-MiniLM-L6-v2, Spearman x100, cosine of mean-pooled embeddings
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    value: float | None  # None: not measured here, `note` says why
+    bound: str
+    passed: bool
+    note: str = ""
+
+    def line(self) -> str:
+        if self.value is None:
+            return f"  SKIP  {self.name}: {self.note}"
+        mark = "ok  " if self.passed else "FAIL"
+        shown = f"{self.value:.6g}"
+        return f"  {mark}  {self.name} = {shown}  (bound: {self.bound}){'  ' + self.note if self.note else ''}"
+
+
+def rank(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank (as Spearman's rho needs)."""
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=np.float64)
+    sorted_values = values[order]
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and sorted_values[j + 1] == sorted_values[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = rank(np.asarray(a, dtype=np.float64)), rank(np.asarray(b, dtype=np.float64))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+class OrtEmbedder:
+    """Runs one graph over sentences in length-sorted batches, as the server would."""
+
+    def __init__(self, graph: Path, tokenizer: Tokenizer, providers: list[str] | None = None, threads: int = 0):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(graph), options, providers=providers or ["CPUExecutionProvider"])
+        self.tokenizer = tokenizer
+
+    def embed(self, sentences: list[str], pooling: str = "mean", normalize: bool = True, batch_size: int = 64):
+        token_ids = [e.ids for e in self.tokenizer.encode_batch(sentences)]
+        order = np.argsort([len(t) for t in token_ids], kind="stable")
+        out = np.zeros((len(sentences), 0), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            batch = [token_ids[i] for i in index]
+            input_ids, attention_mask = pad_batch(batch)
+            hidden = self.session.run(None, {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask})[0]
+            pooled = pool(hidden, attention_mask.sum(1), pooling, normalize)
+            if out.shape[1] == 0:
+                out = np.zeros((len(sentences), pooled.shape[1]), dtype=np.float32)
+            out[index] = pooled
+        return out
+
+
+def sts_score(embedder: OrtEmbedder, split: str) -> float:
+    pairs = read_sts(sts_dir() / f"sts-{split}.csv")
+    sentences = unique_sentences(pairs)
+    index = {s: i for i, s in enumerate(sentences)}
+    vectors = l2_normalize(embedder.embed(sentences))
+    cosines = [float(vectors[index[p.sentence1]] @ vectors[index[p.sentence2]]) for p in pairs]
+    return 100.0 * spearman(np.array(cosines), np.array([p.score for p in pairs]))
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(l2_normalize(a) * l2_normalize(b), axis=1)
+
+
+def int8_gate(fp32_graph: Path, int8_graph: Path, tokenizer_path: Path, options=None) -> dict:
+    """int8 is kept only when it stays close to fp32: STS within 0.3, cosines high on sts-dev."""
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    fp32, int8 = OrtEmbedder(fp32_graph, tokenizer), OrtEmbedder(int8_graph, tokenizer)
+    dev = unique_sentences(read_sts(sts_dir() / "sts-dev.csv"))
+    cos = cosine_rows(fp32.embed(dev), int8.embed(dev))
+    test_fp32, test_int8 = sts_score(fp32, "test"), sts_score(int8, "test")
+    gate = {
+        "sts_test_fp32": round(test_fp32, 3),
+        "sts_test_int8": round(test_int8, 3),
+        "cosine_mean": round(float(cos.mean()), 5),
+        "cosine_p01": round(float(np.percentile(cos, 1)), 5),
+        "cosine_min": round(float(cos.min()), 5),
+    }
+    gate["passed"] = bool(
+        abs(test_fp32 - test_int8) <= 0.3 and gate["cosine_p01"] >= 0.98 and gate["cosine_mean"] >= 0.99
+    )
+    return gate
+
+
+def torch_checks(artifact: Artifact, tokenizer: Tokenizer, dev: list[str]) -> list[Check]:
+    """Needs the training extra (torch) and, for the first figure, sentence-transformers."""
+    try:
+        import torch
+
+        from model.encoder import mean_pool
+        from model.weights import load_checkpoint
+    except ImportError as exc:
+        return [Check("torch parity", None, "", True, f"torch not installed ({exc.name})")]
+    checkpoint = artifact.manifest.provenance.get("checkpoint")
+    if not checkpoint or not Path(checkpoint).is_dir():
+        return [Check("torch parity", None, "", True, f"source checkpoint {checkpoint!r} not on this machine")]
+    encoder = load_checkpoint(Path(checkpoint))
+    checks = []
+    token_ids = [e.ids for e in tokenizer.encode_batch(dev)]
+    order = np.argsort([len(t) for t in token_ids], kind="stable")
+    fast = OrtEmbedder(artifact.graph_path(FAST), tokenizer)
+    attention = ort.InferenceSession(str(artifact.graph_path("attention")), providers=["CPUExecutionProvider"])
+    pooled = np.zeros((len(dev), artifact.manifest.d_model), dtype=np.float32)
+    max_hidden_diff = max_prob_diff = max_row_error = max_padded_prob = 0.0
+    with torch.no_grad():
+        for start in range(0, len(order), 64):
+            index = order[start : start + 64]
+            input_ids, attention_mask = pad_batch([token_ids[i] for i in index])
+            feeds = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask}
+            ids_t, mask_t = torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
+            hidden, probs = encoder(ids_t, mask_t, return_attention=True)
+            pooled[index] = torch.nn.functional.normalize(mean_pool(hidden, mask_t), dim=-1).numpy()
+            onnx_hidden = fast.session.run(None, feeds)[0]
+            max_hidden_diff = max(max_hidden_diff, float(np.abs(onnx_hidden - hidden.numpy()).max()))
+            if start < 4 * 64:  # attention parity on the first batches: (B, L, h, T, T) is large
+                _, onnx_probs = attention.run(None, feeds)
+                max_prob_diff = max(max_prob_diff, float(np.abs(onnx_probs - probs.numpy()).max()))
+                max_row_error = max(max_row_error, float(np.abs(onnx_probs.sum(-1) - 1.0).max()))
+                padded_keys = attention_mask[:, None, None, None, :] == 0
+                padded_keys = np.broadcast_to(padded_keys, onnx_probs.shape)
+                max_padded_prob = max(max_padded_prob, float(np.abs(onnx_probs[padded_keys]).max(initial=0.0)))
+    try:
+        from sentence_transformers import SentenceTransformer
+
+        if not (Path(checkpoint) / "modules.json").exists():  # e.g. written by `python -m model train`
+            raise LookupError("not a sentence-transformers checkpoint")
+        reference = SentenceTransformer(checkpoint, device="cpu").encode(
+            dev, batch_size=64, convert_to_numpy=True, show_progress_bar=False
+        )
+        cos = cosine_rows(pooled, reference)
+        checks.append(
+            Check("torch vs sentence-transformers min cosine", float(cos.min()), ">= 0.99999", cos.min() >= 0.99999)
+        )
+    except ImportError:
+        checks.append(Check("torch vs sentence-transformers", None, "", True, "sentence-transformers not installed"))
+    except LookupError as exc:
+        checks.append(Check("torch vs sentence-transformers", None, "", True, str(exc)))
+    checks += [
+        Check("fast graph vs torch max |hidden diff|", max_hidden_diff, "<= 1e-4", max_hidden_diff <= 1e-4),
+        Check("attention graph vs torch max |prob diff|", max_prob_diff, "<= 1e-5", max_prob_diff <= 1e-5),
+        Check("attention rows max |sum - 1|", max_row_error, "<= 1e-5", max_row_error <= 1e-5),
+        Check("attention on padded keys max", max_padded_prob, "== 0", max_padded_prob == 0.0),
+    ]
+    return checks
+
+
+def padding_checks(fast: OrtEmbedder, tokenizer: Tokenizer, dev: list[str]) -> list[Check]:
+    short = min(dev[:200], key=len)
+    longer = sorted(dev[:200], key=len)[-7:]
+    alone = fast.embed([short])[0]
+    batched = fast.embed([short, *longer], batch_size=8)[0]
+    diff_pad = float(np.abs(alone - batched).max())
+    sample = dev[:48]
+    forward = fast.embed(sample, batch_size=48)
+    backward = fast.embed(sample[::-1], batch_size=48)[::-1]
+    diff_order = float(np.abs(forward - backward).max())
+    return [
+        Check("padding invariance max |diff|", diff_pad, "<= 1e-5", diff_pad <= 1e-5),
+        Check("batch order invariance max |diff|", diff_order, "<= 1e-5", diff_order <= 1e-5),
+    ]
+
+
+def fp16_check(artifact: Artifact, tokenizer: Tokenizer, dev: list[str], fp32_dev: np.ndarray) -> Check:
+    if FAST_FP16 not in artifact.manifest.graphs:
+        return Check("fp16 min cosine to fp32", None, "", True, "no fp16 graph in this artifact")
+    if not cuda_usable():
+        import onnx
+
+        onnx.checker.check_model(str(artifact.graph_path(FAST_FP16)), full_check=True)
+        return Check("fp16 min cosine to fp32", None, "", True, "no CUDA GPU here; onnx.checker passed the graph")
+    fp16 = OrtEmbedder(artifact.graph_path(FAST_FP16), tokenizer, ["CUDAExecutionProvider"])
+    cos = cosine_rows(fp32_dev, fp16.embed(dev))
+    return Check("fp16 (CUDA) min cosine to fp32", float(cos.min()), ">= 0.999", cos.min() >= 0.999)
+
+
+def evaluate(directory: Path, with_torch: bool = True) -> list[Check]:
+    artifact = Artifact.load(directory)
+    manifest = artifact.manifest
+    tokenizer = Tokenizer.from_file(str(artifact.tokenizer_path))
+    dev = unique_sentences(read_sts(sts_dir() / "sts-dev.csv"))
+    fast = OrtEmbedder(artifact.graph_path(FAST), tokenizer)
+    checks = torch_checks(artifact, tokenizer, dev) if with_torch else []
+    checks += padding_checks(fast, tokenizer, dev)
+
+    fp32_test = sts_score(fast, "test")
+    published = manifest.provenance.get("published_sts_test")
+    if published is not None:
+        checks.append(
+            Check(
+                "sts-test Spearman x100 (fp32)", fp32_test, f"{published} +- 0.05", abs(fp32_test - published) <= 0.05
+            )
+        )
+    else:
+        checks.append(Check("sts-test Spearman x100 (fp32)", fp32_test, "reported", True))
+
+    if FAST_INT8 in manifest.graphs:
+        gate = int8_gate(artifact.graph_path(FAST), artifact.graph_path(FAST_INT8), artifact.tokenizer_path)
+        checks += [
+            Check(
+                "int8 sts-test Spearman x100",
+                gate["sts_test_int8"],
+                f"within 0.3 of {gate['sts_test_fp32']}",
+                abs(gate["sts_test_int8"] - gate["sts_test_fp32"]) <= 0.3,
+            ),
+            Check("int8 cosine to fp32, 1st percentile", gate["cosine_p01"], ">= 0.98", gate["cosine_p01"] >= 0.98),
+            Check("int8 cosine to fp32, mean", gate["cosine_mean"], ">= 0.99", gate["cosine_mean"] >= 0.99),
+        ]
+    else:
+        gate = manifest.quality.get("int8_gate")
+        checks.append(Check("int8 graph", None, "", True, f"not in the artifact (gate: {json.dumps(gate)})"))
+
+    checks.append(fp16_check(artifact, tokenizer, dev, fast.embed(dev)))
+    return checks
+
+
+def report(checks: list[Check]) -> str:
+    failed = [c for c in checks if not c.passed]
+    lines = [c.line() for c in checks]
+    lines.append(f"{len(checks) - len(failed)} of {len(checks)} checks within their bounds")
+    return "\n".join(lines)
+
+
+def require(checks: list[Check]) -> None:
+    failed = [c.name for c in checks if not c.passed]
+    if failed:
+        raise ModelError("evaluation failed: " + ", ".join(failed))

@@ -1,0 +1,1 @@
+"""mhaserve.v1: the encoder service (encoder.proto) and its generated stubs."""

@@ -1,0 +1,312 @@
+"""Typed Python clients for mhaserve: `RestClient` (httpx) and `GrpcClient` (the generated stubs).
+
+Both return numpy arrays and the server's own types, and raise the server's own errors
+(`service.errors`: InvalidRequest, Overloaded, NotReady, ...), so code written against one
+transport works against the other:
+
+    with GrpcClient("localhost:50051") as client:
+        vectors = client.embed(["a sentence", "another"]).embeddings   # (2, 384) float32
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.mhaserve.v1 import encoder_pb2 as pb
+from protos.mhaserve.v1 import encoder_pb2_grpc
+from service import errors
+from service.types import AttentionSelection, ModelInfo, Token
+
+ERRORS_BY_TYPE = {cls.type: cls for cls in (errors.MhaserveError, *errors.MhaserveError.__subclasses__())}
+ERRORS_BY_CODE = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidRequest,
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.Overloaded,
+    grpc.StatusCode.UNAVAILABLE: errors.NotReady,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+    grpc.StatusCode.CANCELLED: errors.Cancelled,
+}
+POOLING = {None: pb.POOLING_UNSPECIFIED, "mean": pb.POOLING_MEAN, "cls": pb.POOLING_CLS}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Embeddings:
+    """One embed call's answer; every list has one entry per input, in input order."""
+
+    model: str
+    embeddings: np.ndarray  # (n_inputs, d_model) float32
+    tokens: list[list[Token]] | None = None
+    token_embeddings: list[np.ndarray] | None = None  # each (tokens_i, d_model)
+    attention: list[np.ndarray] | None = None  # each (n_layers_sel, n_heads_sel, tokens_i, tokens_i)
+    attention_layers: tuple[int, ...] = ()
+    attention_heads: tuple[int, ...] = ()
+    usage_tokens: int = 0
+
+
+def as_inputs(inputs: str | Sequence[str]) -> list[str]:
+    return [inputs] if isinstance(inputs, str) else list(inputs)
+
+
+# REST ------------------------------------------------------------------------------------
+
+
+def from_base64(data: str, shape: Sequence[int]) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(data), dtype="<f4").reshape(shape)
+
+
+class RestClient:
+    """/v1/embed, /v1/tokenize, /v1/models and health over HTTP; arrays travel as base64 float32."""
+
+    def __init__(self, url: str, *, api_key: str | None = None, timeout_s: float = 30.0):
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
+
+    def __enter__(self) -> RestClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def embed(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        pooling: str | None = None,
+        normalize: bool = True,
+        truncate: bool = True,
+        return_tokens: bool = False,
+        return_token_embeddings: bool = False,
+        attention: AttentionSelection | None = None,
+        timeout_s: float | None = None,
+    ) -> Embeddings:
+        body: dict[str, Any] = {
+            "inputs": as_inputs(inputs),
+            "normalize": normalize,
+            "truncate": truncate,
+            "return_tokens": return_tokens,
+            "return_token_embeddings": return_token_embeddings,
+            "encoding": "base64",  # exact float32, and a third of the JSON's size
+        }
+        if pooling is not None:
+            body["pooling"] = pooling
+        if attention is not None:
+            body["return_attention"] = {
+                "layers": "all" if attention.layers is None else list(attention.layers),
+                "heads": "all" if attention.heads is None else list(attention.heads),
+            }
+        if timeout_s is not None:
+            body["timeout_s"] = timeout_s
+        answer = self._post("/v1/embed", body)
+        attention_out = answer.get("attention")
+        return Embeddings(
+            model=answer["model"],
+            embeddings=np.stack([from_base64(v, (-1,)) for v in answer["embeddings"]]),
+            tokens=[tokens_from_json(row) for row in answer["tokens"]] if "tokens" in answer else None,
+            token_embeddings=[from_base64(t["data"], t["shape"]) for t in answer["token_embeddings"]]
+            if "token_embeddings" in answer
+            else None,
+            attention=[from_base64(a["data"], a["shape"]) for a in attention_out] if attention_out else None,
+            attention_layers=tuple(attention_out[0]["layers"]) if attention_out else (),
+            attention_heads=tuple(attention_out[0]["heads"]) if attention_out else (),
+            usage_tokens=answer["usage"]["tokens"],
+        )
+
+    def tokenize(self, inputs: str | Sequence[str], *, truncate: bool = True) -> list[list[Token]]:
+        answer = self._post("/v1/tokenize", {"inputs": as_inputs(inputs), "truncate": truncate})
+        return [tokens_from_json(row) for row in answer["tokens"]]
+
+    def models(self) -> list[ModelInfo]:
+        answer = self._check(self.http.get("/v1/models"))
+        return [
+            ModelInfo(
+                name=card["name"],
+                version=card["version"],
+                d_model=card["dims"],
+                n_layers=card["layers"],
+                n_heads=card["heads"],
+                max_len=card["max_len"],
+                pooling=card["pooling"],
+                normalize=card["normalize"],
+                provider=card["provider"],
+                precision=card["precision"],
+                graph=card.get("graph", ""),
+            )
+            for card in answer["data"]
+        ]
+
+    def live(self) -> bool:
+        return self.http.get("/health/live").status_code == 200
+
+    def ready(self) -> bool:
+        return self.http.get("/health/ready").status_code == 200
+
+    def _post(self, path: str, body: dict) -> dict:
+        return self._check(self.http.post(path, json=body))
+
+    @staticmethod
+    def _check(response: httpx.Response) -> dict:
+        if response.status_code == 200:
+            return response.json()
+        try:
+            error = response.json()["error"]
+            kind, message = error["type"], error["message"]
+        except (ValueError, KeyError, TypeError):
+            kind, message = "internal_error", f"HTTP {response.status_code}: {response.text[:500]}"
+        raise ERRORS_BY_TYPE.get(kind, errors.MhaserveError)(message)
+
+
+def tokens_from_json(row: list[dict]) -> list[Token]:
+    return [Token(id=t["id"], text=t["text"], start=t["start"], end=t["end"]) for t in row]
+
+
+# gRPC ------------------------------------------------------------------------------------
+
+
+def from_tensor(tensor: pb.Tensor) -> np.ndarray:
+    if tensor.dtype != pb.DTYPE_FLOAT32:
+        raise errors.MhaserveError(f"unexpected tensor dtype {pb.DType.Name(tensor.dtype)}")
+    return np.frombuffer(tensor.data, dtype="<f4").reshape(tuple(tensor.shape))
+
+
+def embeddings_from(response: pb.EmbedResponse) -> Embeddings:
+    return Embeddings(
+        model=response.model,
+        embeddings=np.array([e.values for e in response.embeddings], dtype=np.float32),
+        tokens=[tokens_from_proto(row) for row in response.tokens] or None,
+        token_embeddings=[from_tensor(t) for t in response.token_embeddings] or None,
+        attention=[from_tensor(a) for a in response.attention] or None,
+        attention_layers=tuple(response.attention_layers),
+        attention_heads=tuple(response.attention_heads),
+        usage_tokens=response.usage.tokens,
+    )
+
+
+def tokens_from_proto(row: pb.TokenList) -> list[Token]:
+    return [Token(id=t.id, text=t.text, start=t.start, end=t.end) for t in row.tokens]
+
+
+def error_from(error: grpc.RpcError) -> errors.MhaserveError:
+    code, details = error.code(), error.details() or ""  # type: ignore[attr-defined]
+    if code in ERRORS_BY_CODE:
+        return ERRORS_BY_CODE[code](details)
+    return errors.MhaserveError(f"{code.name}: {details}")
+
+
+def embed_message(
+    inputs: str | Sequence[str],
+    *,
+    request_id: str = "",
+    pooling: str | None = None,
+    normalize: bool = True,
+    truncate: bool = True,
+    return_tokens: bool = False,
+    return_token_embeddings: bool = False,
+    attention: AttentionSelection | None = None,
+) -> pb.EmbedRequest:
+    """The wire request for GrpcClient.embed's arguments; also what to feed embed_stream."""
+    if pooling not in POOLING:
+        raise errors.InvalidRequest(f"pooling {pooling!r} is not supported: use 'mean', 'cls' or None")
+    message = pb.EmbedRequest(
+        id=request_id,
+        inputs=as_inputs(inputs),
+        pooling=POOLING[pooling],
+        normalize=normalize,
+        truncate=truncate,
+        return_tokens=return_tokens,
+        return_token_embeddings=return_token_embeddings,
+    )
+    if attention is not None:
+        message.attention.SetInParent()  # present even when both lists are empty (= all)
+        message.attention.layers.extend(attention.layers or ())
+        message.attention.heads.extend(attention.heads or ())
+    return message
+
+
+class GrpcClient:
+    """mhaserve.v1.Encoder over gRPC. `timeout_s` becomes each call's deadline."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float | None = 30.0,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ):
+        self.channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ],
+        )
+        self.stub = encoder_pb2_grpc.EncoderStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self.timeout_s = timeout_s
+
+    def __enter__(self) -> GrpcClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def embed(self, inputs: str | Sequence[str], *, timeout_s: float | None = None, **options: Any) -> Embeddings:
+        """options: pooling, normalize, truncate, return_tokens, return_token_embeddings, attention."""
+        message = embed_message(inputs, **options)
+        return embeddings_from(self._call(self.stub.Embed, message, timeout_s))
+
+    def embed_stream(
+        self, requests: Iterable[pb.EmbedRequest], *, timeout_s: float | None = None
+    ) -> Iterator[tuple[str, Embeddings | errors.MhaserveError]]:
+        """Sends every request on one stream; yields (id, answer or error) as answers arrive.
+
+        Build requests with `embed_message(texts, request_id=..., ...)`; answers may come out
+        of order, which is what the ids are for.
+        """
+        try:
+            for response in self.stub.EmbedStream(
+                iter(requests), timeout=timeout_s or self.timeout_s, metadata=self.metadata
+            ):
+                if response.HasField("error"):
+                    error_type = ERRORS_BY_CODE.get(grpc.StatusCode[response.error.code_name], errors.MhaserveError)
+                    yield response.id, error_type(response.error.message)
+                else:
+                    yield response.id, embeddings_from(response)
+        except grpc.RpcError as error:
+            raise error_from(error) from None
+
+    def tokenize(self, inputs: str | Sequence[str], *, truncate: bool = True) -> list[list[Token]]:
+        response = self._call(self.stub.Tokenize, pb.TokenizeRequest(inputs=as_inputs(inputs), truncate=truncate))
+        return [tokens_from_proto(row) for row in response.tokens]
+
+    def model_info(self) -> ModelInfo:
+        info = self._call(self.stub.GetModelInfo, pb.GetModelInfoRequest())
+        return ModelInfo(**{f.name: getattr(info, f.name) for f in dataclasses.fields(ModelInfo)})
+
+    def serving(self, service: str = "") -> bool:
+        """grpc.health.v1: SERVING only while the model is loaded and the server not draining."""
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = self._call(health_pb2_grpc.HealthStub(self.channel).Check, request)
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+    def _call(self, method: Any, message: Any, timeout_s: float | None = None) -> Any:
+        try:
+            return method(message, timeout=timeout_s or self.timeout_s, metadata=self.metadata)
+        except grpc.RpcError as error:
+            raise error_from(error) from None

@@ -1,0 +1,98 @@
+"""Prometheus collectors: one registry per server, every series present from start-up."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from service.errors import MhaserveError
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+BATCH_TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768)
+RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+TRANSPORTS = ("http", "grpc")
+ERROR_TYPES = tuple(
+    cls.type for cls in (MhaserveError, *MhaserveError.__subclasses__()) if cls.type not in ("artifact_error",)
+)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter(
+            "mhaserve_requests",
+            "Requests answered, by transport, route and status code",
+            ["transport", "route", "code"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "mhaserve_request_duration_seconds",
+            "Time from request parsed to answer ready",
+            ["transport", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_duration = Histogram(
+            "mhaserve_queue_duration_seconds",
+            "Time a sequence waited in the batcher's queue",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "mhaserve_inference_duration_seconds",
+            "onnxruntime run time of one batch, by graph",
+            ["graph"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "mhaserve_batch_size", "Sequences per batch", buckets=BATCH_SIZE_BUCKETS, registry=r
+        )
+        self.batch_tokens = Histogram(
+            "mhaserve_batch_tokens",
+            "Padded tokens per batch (longest x count)",
+            buckets=BATCH_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.padding_ratio = Histogram(
+            "mhaserve_padding_ratio",
+            "Share of a batch's padded tokens that are padding",
+            buckets=RATIO_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge("mhaserve_queue_depth", "Tokens waiting in the batcher's queues", registry=r)
+        self.inflight = Gauge("mhaserve_inflight_requests", "Requests being served now", registry=r)
+        self.tokens = Counter("mhaserve_tokens", "Tokens embedded (special tokens included)", registry=r)
+        self.errors = Counter("mhaserve_errors", "Errors answered, by type", ["type"], registry=r)
+        self.dropped = Counter(
+            "mhaserve_dropped_sequences",
+            "Queued sequences dropped before inference, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "mhaserve_model_info", "The model being served", ["name", "version", "provider", "precision"], registry=r
+        )
+        for error_type in ERROR_TYPES:
+            self.errors.labels(error_type)
+        for reason in ("cancelled", "deadline"):
+            self.dropped.labels(reason)
+
+    def declare_routes(self, transport: str, routes: list[str]) -> None:
+        """Create a route's series at start-up so dashboards and rate() see zeros, not gaps."""
+        for route in routes:
+            self.request_duration.labels(transport, route)
+            self.requests.labels(transport, route, "200" if transport == "http" else "OK")
+
+    def observe_request(self, transport: str, route: str, code: str, seconds: float) -> None:
+        self.requests.labels(transport, route, code).inc()
+        self.request_duration.labels(transport, route).observe(seconds)
+
+    def observe_error(self, error: MhaserveError) -> None:
+        self.errors.labels(error.type).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

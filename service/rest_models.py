@@ -1,0 +1,234 @@
+"""REST wire format: request bodies (pydantic, strict) and the functions that format results.
+
+Responses are built as plain dicts of numpy arrays and serialised by orjson, which writes
+float32 arrays directly (no Python list of floats per vector); the pydantic response
+models below exist to document the shapes in OpenAPI and are what the tests validate against.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from service.types import AttentionSelection, EmbedRequest, EmbedResult, ModelInfo, Token, TokenizeResult
+
+Inputs = Annotated[
+    StrictStr | list[StrictStr],
+    Field(description="one text, or a list of texts (each embedded separately, answers in the same order)"),
+]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AttentionBody(Strict):
+    layers: list[StrictInt] | Literal["all"] = Field("all", description='layer indices (0-based) or "all"')
+    heads: list[StrictInt] | Literal["all"] = Field("all", description='head indices (0-based) or "all"')
+
+
+class EmbedBody(Strict):
+    inputs: Inputs
+    pooling: Literal["mean", "cls"] | None = Field(None, description="default: the model's (mean for MiniLM)")
+    normalize: StrictBool = Field(True, description="L2-normalise the pooled embedding")
+    truncate: StrictBool = Field(True, description="cut inputs at max_len tokens; false: such inputs are an error")
+    return_tokens: StrictBool = False
+    return_token_embeddings: StrictBool = False
+    return_attention: AttentionBody | None = Field(None, description="ask for attention probabilities")
+    encoding: Literal["float", "base64"] = Field(
+        "float", description="base64: arrays as base64 of little-endian float32, row-major"
+    )
+    timeout_s: float | None = Field(None, gt=0, le=600, description="deadline for this request, seconds")
+
+    def to_request(self) -> EmbedRequest:
+        attention = None
+        if self.return_attention is not None:
+            a = self.return_attention
+            attention = AttentionSelection(
+                layers=None if a.layers == "all" else tuple(a.layers),
+                heads=None if a.heads == "all" else tuple(a.heads),
+            )
+        return EmbedRequest(
+            inputs=as_tuple(self.inputs),
+            pooling=self.pooling,
+            normalize=self.normalize,
+            truncate=self.truncate,
+            return_tokens=self.return_tokens,
+            return_token_embeddings=self.return_token_embeddings,
+            attention=attention,
+            timeout_s=self.timeout_s,
+        )
+
+
+class OpenAIEmbeddingsBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we have no use for
+
+    input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    model: StrictStr | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: StrictInt | None = None
+    user: StrictStr | None = None
+
+
+class TokenizeBody(Strict):
+    inputs: Inputs
+    truncate: StrictBool = True
+
+
+# documented response shapes ---------------------------------------------------------------
+
+
+class TokenOut(BaseModel):
+    id: int
+    text: str
+    start: int = Field(description="character offset of the token's first character")
+    end: int = Field(description="character offset just past the token (special tokens: 0, 0)")
+
+
+class TensorOut(BaseModel):
+    shape: list[int]
+    data: list | str = Field(description="nested lists, or base64 of little-endian float32 row-major")
+
+
+class AttentionOut(TensorOut):
+    layers: list[int]
+    heads: list[int]
+
+
+class Usage(BaseModel):
+    tokens: int
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    embeddings: list[list[float]] | list[str]
+    tokens: list[list[TokenOut]] | None = None
+    token_embeddings: list[TensorOut] | None = None
+    attention: list[AttentionOut] | None = None
+    usage: Usage
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"]
+    embedding: list[float] | str
+    index: int
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbeddingsResponse(BaseModel):
+    object: Literal["list"]
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
+
+
+class TokenizeResponse(BaseModel):
+    model: str
+    tokens: list[list[TokenOut]]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    owned_by: str
+    name: str
+    version: str
+    dims: int
+    layers: int
+    heads: int
+    max_len: int
+    pooling: str
+    normalize: bool
+    provider: str
+    precision: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class HealthResponse(BaseModel):
+    status: str
+
+
+# formatting ------------------------------------------------------------------------------
+
+
+def as_tuple(inputs: str | list[str]) -> tuple[str, ...]:
+    return (inputs,) if isinstance(inputs, str) else tuple(inputs)
+
+
+def b64(array: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode("ascii")
+
+
+def tensor(array: np.ndarray, encoding: str) -> dict:
+    return {"shape": list(array.shape), "data": b64(array) if encoding == "base64" else array}
+
+
+def tokens_out(tokens: list[list[Token]]) -> list[list[dict]]:
+    return [[{"id": t.id, "text": t.text, "start": t.start, "end": t.end} for t in row] for row in tokens]
+
+
+def embed_response(result: EmbedResult, encoding: str) -> dict:
+    body: dict = {
+        "model": result.model,
+        "embeddings": [b64(v) for v in result.embeddings] if encoding == "base64" else result.embeddings,
+    }
+    if result.tokens is not None:
+        body["tokens"] = tokens_out(result.tokens)
+    if result.token_embeddings is not None:
+        body["token_embeddings"] = [tensor(t, encoding) for t in result.token_embeddings]
+    if result.attention is not None:
+        layers, heads = list(result.attention_layers), list(result.attention_heads)
+        body["attention"] = [{"layers": layers, "heads": heads, **tensor(a, encoding)} for a in result.attention]
+    body["usage"] = {"tokens": result.usage_tokens}
+    return body
+
+
+def openai_response(result: EmbedResult, encoding: str) -> dict:
+    data = [
+        {"object": "embedding", "embedding": b64(v) if encoding == "base64" else v, "index": i}
+        for i, v in enumerate(result.embeddings)
+    ]
+    usage = {"prompt_tokens": result.usage_tokens, "total_tokens": result.usage_tokens}
+    return {"object": "list", "data": data, "model": result.model, "usage": usage}
+
+
+def tokenize_response(result: TokenizeResult) -> dict:
+    return {"model": result.model, "tokens": tokens_out(result.tokens)}
+
+
+def model_card(info: ModelInfo) -> dict:
+    return {
+        "id": info.name,
+        "object": "model",
+        "owned_by": "mhaserve",
+        "name": info.name,
+        "version": info.version,
+        "dims": info.d_model,
+        "layers": info.n_layers,
+        "heads": info.n_heads,
+        "max_len": info.max_len,
+        "pooling": info.pooling,
+        "normalize": info.normalize,
+        "provider": info.provider,
+        "precision": info.precision,
+    }

@@ -1,0 +1,176 @@
+"""onnxruntime sessions for an artifact: provider choice, threads, warm-up, IO binding."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from service.artifact import (
+    ATTENTION,
+    ATTENTION_MASK,
+    FAST,
+    FAST_FP16,
+    FAST_INT8,
+    INPUT_IDS,
+    Artifact,
+)
+from service.config import Settings
+from service.errors import ArtifactError
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def cuda_usable() -> bool:
+    """True only when the CUDA driver loads and reports a device.
+
+    onnxruntime-gpu lists CUDAExecutionProvider as available even on a machine with no GPU,
+    and asking for it there prints a provider error; the driver itself is the honest test.
+    """
+    for name in ("libcuda.so.1", "libcuda.so"):
+        try:
+            driver = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    else:
+        return False
+    count = ctypes.c_int(0)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return False
+    return count.value > 0
+
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class GraphRunner:
+    """One onnxruntime session. `run` releases the GIL and may be called from worker threads."""
+
+    role: str
+    file: str
+    precision: str
+    provider: str
+    session: ort.InferenceSession
+    output_names: tuple[str, ...]
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
+        if self.provider == CUDA:
+            return self._run_bound(input_ids, attention_mask)
+        return self.session.run(self.output_names, {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask})
+
+    def _run_bound(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
+        """IO binding: inputs copied to the device once, outputs left there by the run and
+        copied back once, instead of onnxruntime staging them through extra host buffers."""
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(INPUT_IDS, input_ids)
+        binding.bind_cpu_input(ATTENTION_MASK, attention_mask)
+        for name in self.output_names:
+            binding.bind_output(name, "cuda")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: no provider chatter on CPU machines
+    # Idle intra-op threads sleep instead of spinning: the event loop, the tokenizer and the
+    # next batch's preparation need those cycles on a machine with few cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def choose_placement(artifact: Artifact, settings: Settings) -> tuple[str, str]:
+    """(provider, fast-graph role) from the settings, the artifact and the hardware."""
+    graphs = artifact.manifest.graphs
+    gpu = cuda_usable()
+    if settings.device == "cuda" and not gpu:
+        raise ArtifactError("--device cuda: no usable CUDA GPU on this machine (use --device auto or cpu)")
+    provider = CUDA if (settings.device == "cuda" or (settings.device == "auto" and gpu)) else CPU
+    precision = settings.precision
+    if precision == "auto":
+        precision = "fp16" if provider == CUDA and FAST_FP16 in graphs else "fp32"
+    role = {"fp32": FAST, "fp16": FAST_FP16, "int8": FAST_INT8}[precision]
+    if role not in graphs:
+        raise ArtifactError(f"{artifact.directory}: --precision {precision}: the artifact has no {role!r} graph")
+    if precision == "fp16" and provider == CPU:
+        raise ArtifactError("--precision fp16 needs CUDA: onnxruntime's CPU provider has no fp16 kernels")
+    if precision == "int8" and provider == CUDA:
+        raise ArtifactError("--precision int8 runs on the CPU only (dynamic quantization); use --device cpu")
+    return provider, role
+
+
+def load_runner(artifact: Artifact, role: str, provider: str, threads: int) -> GraphRunner:
+    spec = artifact.manifest.graphs[role]
+    path = artifact.graph_path(role)
+    providers = [(CUDA, {"device_id": 0}), CPU] if provider == CUDA else [CPU]
+    if provider == CUDA and hasattr(ort, "preload_dlls"):
+        # CUDA and cuDNN from the nvidia-* pip packages when present, else the system's
+        ort.preload_dlls()
+    try:
+        session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise ArtifactError(f"{path}: onnxruntime cannot load this graph ({exc})") from None
+    actual = session.get_providers()[0]
+    if actual != provider:
+        log.warning("%s: asked for %s, onnxruntime gave %s", path.name, provider, actual)
+    names = tuple(o.name for o in session.get_outputs())
+    missing = [name for name in spec.outputs if name not in names]
+    if missing:
+        raise ArtifactError(f"{path}: output {missing[0]!r} named in the manifest is not in the graph")
+    return GraphRunner(role, spec.file, spec.precision, actual, session, spec.outputs)
+
+
+@dataclass
+class Runtime:
+    """The fast graph (embeddings, token embeddings) and the attention graph, ready to run."""
+
+    fast: GraphRunner
+    attention: GraphRunner
+    threads: int
+
+    @classmethod
+    def load(cls, artifact: Artifact, settings: Settings) -> Runtime:
+        provider, role = choose_placement(artifact, settings)
+        threads = settings.intra_op_threads or usable_cores()
+        fast = load_runner(artifact, role, provider, threads)
+        # attention probabilities are always computed in fp32 (the fp16 graph has no explicit softmax)
+        attention = load_runner(artifact, ATTENTION, provider, threads)
+        log.info(
+            "runtime: provider %s, fast graph %s (%s), attention graph %s (%s), %d intra-op threads",
+            fast.provider,
+            fast.file,
+            fast.precision,
+            attention.file,
+            attention.precision,
+            threads,
+        )
+        return cls(fast, attention, threads)
+
+    def warm_up(self, max_len: int) -> float:
+        """Run each graph on short and long inputs so the first request pays no allocation."""
+        started = time.perf_counter()
+        for runner in (self.fast, self.attention):
+            for batch, length in ((1, 8), (4, min(max_len, 64)), (2, max_len)):
+                ids = np.full((batch, length), 100, dtype=np.int64)
+                runner.run(ids, np.ones_like(ids))
+        return time.perf_counter() - started

@@ -1,0 +1,180 @@
+"""One process, two servers: uvicorn (REST) and grpc.aio in one asyncio loop, one shutdown path.
+
+Start-up: both servers listen first (liveness answers, readiness says "loading"), then the
+model loads and warms up, then readiness turns true. SIGTERM/SIGINT: readiness false and
+gRPC health NOT_SERVING at once, new requests get 503 / UNAVAILABLE, in-flight requests
+finish within shutdown_grace_s, then both servers stop and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from service.config import Settings
+from service.grpc_server import start_grpc_server
+from service.pipeline import Engine
+from service.rest import create_app
+
+log = logging.getLogger("mhaserve")
+
+
+class HttpServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The process's signals belong to serve(), which stops both servers; uvicorn's own
+        # handler would stop only itself and re-raise the signal afterwards (exit 143).
+        yield
+
+    @property
+    def port(self) -> int:
+        return self.servers[0].sockets[0].getsockname()[1]
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, plus deadlines for a request head and for a stalled reader.
+
+    uvicorn times out idle keep-alive connections only after a response, and any byte
+    cancels that timer: a client that opens a connection and trickles its headers
+    (slowloris) would hold it forever. Here a connection waiting for a request head (new,
+    or after its last response) is closed if the whole head has not arrived in time. And a
+    client that stops reading its answer keeps a connection, a task and the unsent bytes
+    for as long as it likes; here the connection is dropped once writing has been paused
+    (the client's socket buffer full) for send_timeout_s.
+    """
+
+    head_timeout_s = 10.0  # both set per server by http_protocol()
+    send_timeout_s = 30.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:  # the request head has arrived
+            self._head_timer = cancel(self._head_timer)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            self._arm_head_timer()  # waiting for the next request head
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.send_timeout_s, self._send_timed_out)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._send_timer = cancel(self._send_timer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_timer = cancel(self._head_timer)
+        self._send_timer = cancel(self._send_timer)
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        cancel(self._head_timer)
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            log.debug("closing a connection whose request head did not arrive in %.1f s", self.head_timeout_s)
+            self.transport.close()
+
+    def _send_timed_out(self) -> None:
+        self._send_timer = None
+        log.debug("dropping a connection whose client read nothing for %.1f s", self.send_timeout_s)
+        self.transport.abort()  # close() would wait to flush what the client does not read
+
+
+def cancel(timer: asyncio.TimerHandle | None) -> None:
+    if timer is not None:
+        timer.cancel()
+
+
+def http_protocol(settings: Settings) -> type[H11Protocol]:
+    timeouts = {"head_timeout_s": settings.http_header_timeout_s, "send_timeout_s": settings.http_send_timeout_s}
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), timeouts)
+
+
+def http_config(app: object, settings: Settings) -> uvicorn.Config:
+    tls = {}
+    if settings.tls_cert is not None:
+        tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        http=http_protocol(settings),
+        timeout_keep_alive=settings.http_keepalive_timeout_s,  # type: ignore[arg-type]
+        limit_concurrency=settings.http_max_connections,
+        h11_max_incomplete_event_size=settings.http_max_header_bytes,
+        # connections still open when the drain is over get this long to finish sending
+        timeout_graceful_shutdown=5,
+        **tls,  # type: ignore[arg-type]
+    )
+
+
+async def serve(settings: Settings) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    engine = Engine(settings)
+    app = create_app(engine)
+    http = HttpServer(http_config(app, settings))
+    http_task = asyncio.create_task(http.serve(), name="http")
+    while not http.started:
+        if http_task.done():  # e.g. the port is taken
+            await http_task
+            raise OSError(f"the REST server could not start on {settings.host}:{settings.http_port}")
+        await asyncio.sleep(0.01)
+    grpc_server = await start_grpc_server(engine, settings)
+    scheme = "https" if settings.tls_cert is not None else "http"
+    log.info(
+        "listening: REST %s://%s:%d  gRPC %s:%d", scheme, settings.host, http.port, settings.host, grpc_server.port
+    )
+    if settings.tls_cert is not None:
+        mtls = ", client certificates required on gRPC" if settings.tls_client_ca is not None else ""
+        log.info("TLS on for REST and gRPC%s", mtls)
+
+    loading = asyncio.create_task(engine.start(), name="model-load")
+    await asyncio.wait([loading, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if loading.done():
+        try:
+            loading.result()
+        except BaseException:
+            http.should_exit = True
+            await grpc_server.stop(0)
+            await http_task
+            raise
+        grpc_server.set_serving()
+        log.info("ready: %s", engine.info)
+        await stop.wait()
+    else:
+        loading.cancel()
+
+    log.info("shutting down: draining in-flight requests (grace %.0f s)", settings.shutdown_grace_s)
+    grpc_server.set_not_serving()
+    await engine.stop(settings.shutdown_grace_s)
+    http.should_exit = True
+    await http_task
+    # in-flight RPCs already finished in engine.stop; a short grace lets their answers flush
+    await grpc_server.stop(1.0)
+    log.info("stopped")

@@ -1,0 +1,90 @@
+"""Typed requests and results: what every transport hands the engine and gets back.
+
+Transports parse their wire format into these and format these back; nothing else crosses
+the seam. Arrays stay numpy (float32) until a transport serialises them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class AttentionSelection:
+    """Which layers and heads to return; None means all of them."""
+
+    layers: tuple[int, ...] | None = None
+    heads: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbedRequest:
+    inputs: tuple[str, ...]
+    pooling: str | None = None  # None: the model's default (manifest)
+    normalize: bool = True
+    truncate: bool = True
+    return_tokens: bool = False
+    return_token_embeddings: bool = False
+    attention: AttentionSelection | None = None  # None: no attention asked for
+    timeout_s: float | None = None  # None: Settings.request_timeout_s
+
+
+@dataclass(frozen=True)
+class Token:
+    id: int
+    text: str
+    start: int  # character offsets into the input (end exclusive); 0, 0 for special tokens
+    end: int
+
+
+@dataclass(frozen=True)
+class Timings:
+    queue_ms: float = 0.0
+    inference_ms: float = 0.0
+    tokenize_ms: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbedResult:
+    model: str
+    embeddings: np.ndarray  # (n_inputs, d_model) float32
+    tokens: list[list[Token]] | None = None
+    token_embeddings: list[np.ndarray] | None = None  # each (len_i, d_model)
+    attention: list[np.ndarray] | None = None  # each (n_layers_sel, n_heads_sel, len_i, len_i)
+    attention_layers: tuple[int, ...] = ()
+    attention_heads: tuple[int, ...] = ()
+    token_counts: tuple[int, ...] = ()  # per input, special tokens included
+    timings: Timings = field(default_factory=Timings)
+
+    @property
+    def usage_tokens(self) -> int:
+        return sum(self.token_counts)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizeRequest:
+    inputs: tuple[str, ...]
+    truncate: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizeResult:
+    model: str
+    tokens: list[list[Token]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelInfo:
+    name: str
+    version: str
+    d_model: int
+    n_layers: int
+    n_heads: int
+    max_len: int
+    pooling: str
+    normalize: bool
+    provider: str  # "CUDAExecutionProvider" | "CPUExecutionProvider"
+    precision: str  # fp32 | fp16 | int8
+    graph: str  # file of the fast graph in use

@@ -1,0 +1,307 @@
+"""make bench: the service against the limit of the hardware, measured in one run.
+
+Every row is also printed as a ratio to the limit measured in the same run (in-process
+onnxruntime on the same graph, tokenization included, ideal length-sorted batches), so the
+figures mean something on a shared machine whose absolute speed drifts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from protos.inference import grpc_predict_v2_pb2 as kpb
+from protos.inference import grpc_predict_v2_pb2_grpc as kgrpc
+from protos.mhaserve.v1 import encoder_pb2, encoder_pb2_grpc
+from service.artifact import FAST, FAST_FP16, FAST_INT8, Artifact
+from service.pooling import pad_batch, pool
+from service.runtime import cuda_usable, session_options, usable_cores
+from tests.bench.corpus import corpus, short_sentence
+from tests.bench.loadgen import Outcome, closed_loop, kserve_rest_call, open_loop, rest_call
+from tests.conftest import ARTIFACT, launch
+
+TARGETS = {  # row -> the least ratio to the limit that issue 6 asks for (CPU, fp32)
+    "REST, client batches of 32, concurrency 8": 0.90,
+    "REST, single sentences, concurrency 64": 0.75,
+}
+GPU_TARGETS = {"REST, client batches of 32, concurrency 8": 0.80}  # fp16 on CUDA
+
+
+@dataclass
+class Row:
+    name: str
+    sentences_per_s: float
+    tokens_per_s: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    ratio: float | None = None
+    errors: int = 0
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def providers() -> list[str]:
+    """On a GPU machine the whole table is a GPU table: the server picks CUDA there too."""
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda_usable() else ["CPUExecutionProvider"]
+
+
+def in_process(graph: Path, tokenizer: Tokenizer, texts: list[str], batch_size: int = 32) -> tuple[float, float]:
+    """The limit: tokenize, sort by length, run batches, pool. Returns (seconds, tokens)."""
+    session = ort.InferenceSession(str(graph), session_options(usable_cores()), providers=providers())
+    warm_ids, warm_mask = pad_batch([[101, 2000, 102]] * 4)
+    session.run(None, {"input_ids": warm_ids, "attention_mask": warm_mask})
+    started = time.perf_counter()
+    token_ids = [e.ids for e in tokenizer.encode_batch(texts)]
+    order = np.argsort([len(t) for t in token_ids], kind="stable")
+    for start in range(0, len(order), batch_size):
+        batch = [token_ids[i] for i in order[start : start + batch_size]]
+        input_ids, mask = pad_batch(batch)
+        hidden = session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
+        pool(hidden, mask.sum(1), "mean", True)
+    return time.perf_counter() - started, sum(map(len, token_ids))
+
+
+def single_latency_ms(graph: Path, tokenizer: Tokenizer, text: str, repeats: int = 200) -> float:
+    session = ort.InferenceSession(str(graph), session_options(usable_cores()), providers=providers())
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        input_ids, mask = pad_batch([tokenizer.encode(text).ids])
+        hidden = session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
+        pool(hidden, mask.sum(1), "mean", True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def sentence_transformers_row(texts: list[str], tokens: int) -> Row:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    from model.weights import default_checkpoint_dir
+
+    gpu = cuda_usable()
+    model = SentenceTransformer(str(default_checkpoint_dir()), device="cuda" if gpu else "cpu")
+    if gpu:
+        model.half()  # the baseline users would write on a GPU: fp16 sentence-transformers
+    model.encode(texts[:64], batch_size=32)
+    started = time.perf_counter()
+    model.encode(texts, batch_size=32, show_progress_bar=False)
+    seconds = time.perf_counter() - started
+    name = "sentence-transformers in-process (batch 32" + (", fp16 CUDA)" if gpu else ")")
+    return Row(name, len(texts) / seconds, tokens / seconds)
+
+
+def grpc_call(target: str):
+    """All clients multiplex over one HTTP/2 channel (per event loop), as gRPC applications do."""
+    stubs: dict = {}
+
+    def make():
+        loop = id(asyncio.get_running_loop())
+        if loop not in stubs:
+            stubs[loop] = encoder_pb2_grpc.EncoderStub(grpc.aio.insecure_channel(target))
+        stub = stubs[loop]
+
+        async def call(texts: list[str]) -> int:
+            return (await stub.Embed(encoder_pb2.EmbedRequest(inputs=texts))).usage.tokens
+
+        return call
+
+    return make
+
+
+def kserve_grpc_call(target: str, model: str):
+    stubs: dict = {}
+
+    def make():
+        loop = id(asyncio.get_running_loop())
+        if loop not in stubs:
+            stubs[loop] = kgrpc.GRPCInferenceServiceStub(grpc.aio.insecure_channel(target))
+        stub = stubs[loop]
+
+        async def call(texts: list[str]) -> int:
+            tensor = kpb.ModelInferRequest.InferInputTensor(name="text", datatype="BYTES", shape=[len(texts)])
+            tensor.contents.bytes_contents.extend(t.encode() for t in texts)
+            await stub.ModelInfer(kpb.ModelInferRequest(model_name=model, inputs=[tensor]))
+            return len(texts)
+
+        return call
+
+    return make
+
+
+def as_row(name: str, outcome: Outcome, tokens: int) -> Row:
+    print(f"  measured: {name}: {outcome.sentences / outcome.seconds:.1f} sentences/s", flush=True)
+    return Row(
+        name,
+        outcome.sentences / outcome.seconds,
+        tokens / outcome.seconds,
+        outcome.percentile(50) * 1000,
+        outcome.percentile(99) * 1000,
+        errors=outcome.errors,
+    )
+
+
+def batches_of(texts: list[str], size: int) -> list[list[str]]:
+    return [texts[i : i + size] for i in range(0, len(texts), size)]
+
+
+def service_rows(server, texts: list[str], tokens: int, model: str, label: str = "") -> list[Row]:
+    host, port = "127.0.0.1", server.http_port
+    transports = {
+        "REST": rest_call(host, port),
+        "gRPC": grpc_call(server.grpc_target),
+        "KServe REST": kserve_rest_call(host, port, model),
+        "KServe gRPC": kserve_grpc_call(server.grpc_target, model),
+    }
+    rows = []
+    # one full pass first: onnxruntime's allocations for every batch shape, the connections,
+    # the tokenizer's caches — the first row must not pay for what the others get for free
+    asyncio.run(closed_loop(transports["REST"], batches_of(texts, 32), 8))
+    for name, make in transports.items():
+        asyncio.run(closed_loop(make, batches_of(texts[:256], 32), 8))  # warm this transport's connections
+        outcome = asyncio.run(closed_loop(make, batches_of(texts, 32), 8))
+        rows.append(as_row(f"{name}, client batches of 32, concurrency 8{label}", outcome, tokens))
+    for name in ("REST", "gRPC"):
+        outcome = asyncio.run(closed_loop(transports[name], batches_of(texts, 1), 64))
+        rows.append(as_row(f"{name}, single sentences, concurrency 64{label}", outcome, tokens))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
+    parser.add_argument("--out", help="where the JSON goes (default bench-results/cpu.json or gpu.json)")
+    parser.add_argument("--sentences", type=int, default=1200)
+    parser.add_argument("--paragraphs", type=int, default=150)
+    args = parser.parse_args()
+
+    artifact = Artifact.load(ARTIFACT)
+    tokenizer = Tokenizer.from_file(str(artifact.tokenizer_path))
+    tokenizer.enable_truncation(max_length=artifact.manifest.max_len)
+    texts = corpus(args.sentences, args.paragraphs)
+    model = artifact.manifest.name
+    started = time.time()
+
+    graph = artifact.graph_path(FAST_FP16 if cuda_usable() else FAST)
+    seconds, tokens = in_process(graph, tokenizer, texts)
+    limits = [seconds]  # measured three times (start, middle, end); the fastest is the bar
+    precision = "fp16 CUDA" if cuda_usable() else "fp32"
+    limit = Row(
+        f"limit: in-process onnxruntime {precision} (sorted batches of 32)", len(texts) / seconds, tokens / seconds
+    )
+    rows = [limit]
+    # int8 is timed next to each fp32 run, best against best, so both see the same machine
+    int8 = FAST_INT8 in artifact.manifest.graphs and not cuda_usable()
+    int8_runs = [in_process(artifact.graph_path(FAST_INT8), tokenizer, texts)[0]] if int8 else []
+    rows.append(sentence_transformers_row(texts, tokens))
+
+    server = launch()
+    try:
+        rows += service_rows(server, texts, tokens, model)
+        limits.append(in_process(graph, tokenizer, texts)[0])
+        if int8:
+            int8_runs.append(in_process(artifact.graph_path(FAST_INT8), tokenizer, texts)[0])
+        capacity = rows[-2].sentences_per_s  # REST single sentences at concurrency 64
+        outcome = asyncio.run(open_loop(rest_call("127.0.0.1", server.http_port), texts[:600], capacity / 2, 64))
+        rows.append(as_row(f"REST, open loop at half capacity ({capacity / 2:.0f} req/s)", outcome, 0))
+        rows[-1].tokens_per_s = None
+        idle = asyncio.run(closed_loop(rest_call("127.0.0.1", server.http_port), [[short_sentence()]] * 200, 1))
+        in_process_ms = single_latency_ms(graph, tokenizer, short_sentence())
+        row = as_row("REST, one short sentence at idle", idle, 0)
+        row.tokens_per_s = None
+        row.note = f"in-process latency {in_process_ms:.2f} ms; p50 - in-process = {row.p50_ms - in_process_ms:.2f} ms"
+        row.extra = {"in_process_ms": in_process_ms}
+        rows.append(row)
+    finally:
+        server.stop()
+
+    unbatched = launch("--max-batch-size", "1")
+    try:
+        outcome = asyncio.run(closed_loop(rest_call("127.0.0.1", unbatched.http_port), batches_of(texts, 1), 64))
+        rows.append(as_row("REST, single sentences, concurrency 64, batching OFF (max_batch_size=1)", outcome, tokens))
+    finally:
+        unbatched.stop()
+
+    # other load on a shared machine only ever lowers a measurement: the best run is the bar
+    limits.append(in_process(graph, tokenizer, texts)[0])
+    if int8:
+        int8_runs.append(in_process(artifact.graph_path(FAST_INT8), tokenizer, texts)[0])
+        best = min(int8_runs)
+        rows.insert(1, Row("in-process onnxruntime int8 (same batches)", len(texts) / best, tokens / best))
+    limit.sentences_per_s, limit.tokens_per_s = len(texts) / min(limits), tokens / min(limits)
+    limit.note = "runs at start, middle, end: " + ", ".join(f"{len(texts) / t:.1f}" for t in limits) + " sentences/s"
+    for row in rows:
+        row.ratio = row.sentences_per_s / limit.sentences_per_s
+    print_table(rows, texts, tokens, time.time() - started)
+    args.out = args.out or f"bench-results/{'gpu' if cuda_usable() else 'cpu'}.json"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    results = {
+        "machine": f"{platform.machine()}, {usable_cores()} cores" + (", CUDA GPU" if cuda_usable() else ""),
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "make bench",
+        "corpus": {"texts": len(texts), "tokens": tokens},
+        "rows": [asdict(r) for r in rows],
+    }
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    return 0 if check_targets(rows) else 1
+
+
+def print_table(rows: list[Row], texts: list[str], tokens: int, seconds: float) -> None:
+    print(f"\ncorpus: {len(texts)} texts, {tokens} tokens; {usable_cores()} cores; bench took {seconds:.0f} s\n")
+    print(f"| {'row':<72} | sent/s | tokens/s | p50 ms | p99 ms | x limit |")
+    print(f"|{'-' * 74}|-------:|---------:|-------:|-------:|--------:|")
+    for r in rows:
+        tps = f"{r.tokens_per_s:8.0f}" if r.tokens_per_s else "       -"
+        p50 = f"{r.p50_ms:6.1f}" if r.p50_ms is not None else "     -"
+        p99 = f"{r.p99_ms:6.1f}" if r.p99_ms is not None else "     -"
+        errors = f" ({r.errors} errors)" if r.errors else ""
+        print(f"| {r.name + errors:<72} | {r.sentences_per_s:6.1f} | {tps} | {p50} | {p99} | {r.ratio:7.2f} |")
+    for r in rows:
+        if r.note:
+            print(f"  {r.name}: {r.note}")
+
+
+def check_targets(rows: list[Row]) -> bool:
+    by_name = {r.name: r for r in rows}
+    verdicts = []
+    targets = GPU_TARGETS if cuda_usable() else TARGETS
+    if cuda_usable():
+        baseline = next(r for r in rows if r.name.startswith("sentence-transformers"))
+        service = by_name["REST, client batches of 32, concurrency 8"]
+        ratio = service.sentences_per_s / baseline.sentences_per_s
+        verdicts.append(("service >= 2 x sentence-transformers fp16", ratio >= 2.0, ratio))
+    for name, target in targets.items():
+        verdicts.append((f"{name} >= {target} x limit", by_name[name].ratio >= target, by_name[name].ratio))
+    for kind in ("client batches of 32, concurrency 8", "single sentences, concurrency 64"):
+        rest, grpc_row = by_name[f"REST, {kind}"], by_name[f"gRPC, {kind}"]
+        verdicts.append((f"gRPC >= REST ({kind})", grpc_row.ratio >= rest.ratio * 0.98, grpc_row.ratio / rest.ratio))
+    if not cuda_usable():
+        idle = next(r for r in rows if r.name.startswith("REST, one short sentence at idle"))
+        slack = idle.p50_ms - idle.extra["in_process_ms"]
+        verdicts.append(("idle p50 <= in-process + 3 ms", slack <= 3.0, slack))
+    int8 = next((r for r in rows if r.name.startswith("in-process onnxruntime int8")), None)
+    if int8 is not None:
+        verdicts.append(("int8 >= 1.5 x fp32", int8.ratio >= 1.5, int8.ratio))
+    errors = sum(r.errors for r in rows)
+    verdicts.append(("no errors", errors == 0, errors))
+    print("\ntargets:")
+    for text, ok, value in verdicts:
+        print(f"  {'ok  ' if ok else 'MISS'}  {text}  ({value:.3g})")
+    return all(ok for _, ok, _ in verdicts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

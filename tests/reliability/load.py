@@ -1,0 +1,377 @@
+"""Load over REST, gRPC and KServe v2 at once, each answer judged against in-process onnxruntime.
+
+A request's outcome is its own answer (checked later, in batches, against the reference
+graph), an explicit refusal (429 / 503 / 504 or their gRPC codes), another error, or
+"lost": no answer at all within the client's patience (a hang, a reset connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from protos.mhaserve.v1 import encoder_pb2 as pb
+from service.pooling import l2_normalize, mean_pool, pad_batch
+from tests.conftest import REPO, Reference, ServerProcess
+
+MODEL = "all-minilm-l6-v2"
+TRANSPORTS = ("rest", "grpc", "kserve")
+REFUSALS = ("429", "503", "504")
+CLOSED = "closed"  # the port no longer accepts connections (the server has stopped): nothing was accepted
+GRPC_AS_HTTP = {
+    grpc.StatusCode.OK: "200",
+    grpc.StatusCode.INVALID_ARGUMENT: "422",
+    grpc.StatusCode.UNAUTHENTICATED: "401",
+    grpc.StatusCode.NOT_FOUND: "404",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "429",
+    grpc.StatusCode.UNAVAILABLE: "503",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "504",
+    grpc.StatusCode.INTERNAL: "500",
+}
+GRPC_NAMES = {code.name: status for code, status in GRPC_AS_HTTP.items()} | {"UNKNOWN": "500", "CANCELLED": "499"}
+RESULTS = REPO / "test-artifacts" / "reliability" / "results.jsonl"
+SENTENCES = (
+    "A man is playing a guitar.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Attention is all you need.",
+    "Ein Satz auf Deutsch, mit Umlauten: äöü.",
+    "A considerably longer sentence that goes on and on, so that batches hold inputs of different lengths.",
+)
+
+
+def unique_text(index: int) -> str:
+    """A different text for every request, so a vector given to the wrong request shows."""
+    return f"{SENTENCES[index % len(SENTENCES)]} (request {index})"
+
+
+@dataclass
+class Outcome:
+    index: int
+    transport: str
+    text: str
+    status: str  # "200", "429", "503", "504", "500", ... or "lost"
+    seconds: float
+    vector: np.ndarray | None = None
+    detail: str = ""
+    sent_at: float = 0.0  # time.monotonic() when it was sent
+
+
+class RawHttp:
+    """A minimal HTTP/1.1 client with a keep-alive pool, for load.
+
+    httpx spends milliseconds of CPU per request in its pool at a few hundred concurrent
+    requests, which would measure the client, not the server; this does only what the
+    load needs: POST a JSON body, read status, headers and a Content-Length body.
+    """
+
+    def __init__(self, host: str, port: int, patience_s: float):
+        self.host, self.port, self.patience_s = host, port, patience_s
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.open: set[asyncio.StreamWriter] = set()
+
+    async def post(self, path: str, body: object) -> tuple[int, dict[str, str], bytes]:
+        payload = json.dumps(body).encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(payload)}\r\n\r\n"
+        ).encode()
+        return await asyncio.wait_for(self._exchange(head + payload), self.patience_s)
+
+    async def _exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
+        reused = bool(self.idle)
+        reader, writer = self.idle.pop() if reused else await self._connect()
+        try:
+            writer.write(request)
+            try:
+                status_line = await reader.readline()
+            except ConnectionResetError:
+                status_line = b""
+            if not status_line and reused:
+                # the server closed this idle keep-alive connection before reading the request (it
+                # does at shutdown): nothing was accepted, so send it again on a new connection, as
+                # HTTP clients do
+                self._close(writer)
+                return await self._fresh_exchange(request)
+            status, headers, body = await self._read_response(reader, status_line)
+        except BaseException:
+            self._close(writer)
+            raise
+        if headers.get("connection", "").lower() == "close":
+            self._close(writer)
+        else:
+            self.idle.append((reader, writer))
+        return status, headers, body
+
+    async def _fresh_exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
+        reader, writer = await self._connect()
+        try:
+            writer.write(request)
+            status, headers, body = await self._read_response(reader, await reader.readline())
+        except BaseException:
+            self._close(writer)
+            raise
+        self.idle.append((reader, writer))
+        return status, headers, body
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        self.open.add(writer)
+        return reader, writer
+
+    @staticmethod
+    async def _read_response(reader: asyncio.StreamReader, status_line: bytes) -> tuple[int, dict[str, str], bytes]:
+        if not status_line:
+            raise ConnectionResetError("connection closed before a response")
+        status = int(status_line.split()[1])
+        headers = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        return status, headers, body
+
+    def _close(self, writer: asyncio.StreamWriter) -> None:
+        self.open.discard(writer)
+        writer.close()
+
+    async def close(self) -> None:
+        for writer in list(self.open):
+            self._close(writer)
+        self.idle.clear()
+
+
+class Senders:
+    """One embed call per transport, each returning an Outcome; never raises."""
+
+    def __init__(self, server: ServerProcess, *, patience_s: float, grpc_timeout_s: float):
+        self.http = RawHttp("127.0.0.1", server.http_port, patience_s)
+        self.channel = grpc.aio.insecure_channel(server.grpc_target)
+        self.embed_rpc = self.channel.unary_unary(
+            "/mhaserve.v1.Encoder/Embed",
+            request_serializer=pb.EmbedRequest.SerializeToString,
+            response_deserializer=pb.EmbedResponse.FromString,
+        )
+        self.grpc_timeout_s = grpc_timeout_s
+
+    async def close(self) -> None:
+        await self.http.close()
+        await self.channel.close()
+
+    async def send(self, index: int, transport: str, text: str) -> Outcome:
+        sent_at, started = time.monotonic(), time.perf_counter()
+        try:
+            if transport == "rest":
+                status, vector, detail = await self._rest(text)
+            elif transport == "grpc":
+                status, vector, detail = await self._grpc(text)
+            else:
+                status, vector, detail = await self._kserve(text)
+        except ConnectionRefusedError as exc:
+            status, vector, detail = CLOSED, None, str(exc)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:  # no answer: timeout, reset
+            status, vector, detail = "lost", None, f"{type(exc).__name__}: {exc}"
+        return Outcome(index, transport, text, status, time.perf_counter() - started, vector, detail, sent_at)
+
+    async def _rest(self, text: str) -> tuple[str, np.ndarray | None, str]:
+        status, headers, body = await self.http.post("/v1/embed", {"inputs": [text], "encoding": "base64"})
+        if status != 200:
+            return str(status), None, refusal_detail(headers, body)
+        data = json.loads(body)["embeddings"][0]
+        return "200", np.frombuffer(base64.b64decode(data), dtype="<f4"), ""
+
+    async def _grpc(self, text: str) -> tuple[str, np.ndarray | None, str]:
+        try:
+            answer = await self.embed_rpc(pb.EmbedRequest(inputs=[text]), timeout=self.grpc_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            return GRPC_AS_HTTP.get(exc.code(), exc.code().name), None, exc.details() or ""
+        return "200", np.asarray(answer.embeddings[0].values, dtype=np.float32), ""
+
+    async def _kserve(self, text: str) -> tuple[str, np.ndarray | None, str]:
+        body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}]}
+        status, headers, raw = await self.http.post(f"/v2/models/{MODEL}/infer", body)
+        if status != 200:
+            return str(status), None, refusal_detail(headers, raw)
+        (output,) = json.loads(raw)["outputs"]
+        return "200", np.asarray(output["data"], dtype=np.float32), ""
+
+
+def refusal_detail(headers: dict[str, str], body: bytes) -> str:
+    retry_after = headers.get("retry-after")
+    text = body[:400].decode(errors="replace")
+    return f"retry-after={retry_after} {text}" if retry_after else text
+
+
+async def open_loop(
+    senders: Senders, rate: float, duration_s: float, first_index: int = 0, distinct: int | None = None
+) -> list[Outcome]:
+    """Requests at a fixed rate whatever the answers do (open loop), round-robin over the transports.
+
+    distinct: cycle through that many different texts (long runs: the reference then computes
+    each once, not once per request; a vector given to the wrong request still shows)."""
+    loop = asyncio.get_running_loop()
+    start, tasks = loop.time(), []
+    for n in range(int(rate * duration_s)):
+        delay = start + n / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        index = first_index + n
+        text = unique_text(index if distinct is None else index % distinct)
+        tasks.append(asyncio.create_task(senders.send(index, TRANSPORTS[index % 3], text)))
+    return list(await asyncio.gather(*tasks))
+
+
+async def measure_capacity(senders: Senders, duration_s: float, clients: int = 96) -> float:
+    """Answered requests per second with enough callers to keep every batch full (closed loop)."""
+    started = time.perf_counter()
+    outcomes = await closed_loop(senders, clients, duration_s, first_index=10**8)
+    return sum(o.status == "200" for o in outcomes) / (time.perf_counter() - started)
+
+
+async def closed_loop(senders: Senders, clients: int, duration_s: float, first_index: int = 0) -> list[Outcome]:
+    """`clients` callers, each sending its next request when the last is answered."""
+    deadline = time.perf_counter() + duration_s
+    outcomes: list[Outcome] = []
+    counter = iter(range(first_index, first_index + 10**9))
+
+    async def caller() -> None:
+        while time.perf_counter() < deadline:
+            index = next(counter)
+            outcomes.append(await senders.send(index, TRANSPORTS[index % 3], unique_text(index)))
+
+    await asyncio.gather(*(caller() for _ in range(clients)))
+    return outcomes
+
+
+def reference_vectors(reference: Reference, texts: list[str], batch: int = 64) -> np.ndarray:
+    """Mean-pooled, normalised embeddings from the reference session, computed in batches."""
+    out = []
+    for start in range(0, len(texts), batch):
+        chunk = texts[start : start + batch]
+        ids, mask = pad_batch([reference.ids(t) for t in chunk])
+        (hidden,) = reference.fast.run(None, {"input_ids": ids, "attention_mask": mask})
+        out.append(l2_normalize(mean_pool(hidden, mask.sum(1))))
+    return np.concatenate(out) if out else np.zeros((0, 384), dtype=np.float32)
+
+
+@dataclass
+class Summary:
+    """One row of the reliability table."""
+
+    scenario: str
+    sent: int
+    correct: int
+    wrong: int
+    refused: dict[str, int]
+    lost: int
+    server_errors: int  # 5xx other than 503 / 504, and gRPC INTERNAL or UNKNOWN
+    other: dict[str, int]
+    refusal_p99_ms: float
+    answered_p99_s: float
+    refusal_p50_ms: float = 0.0
+    max_rss_mb: float = 0.0
+    notes: str = ""
+    examples: list[str] = field(default_factory=list)
+
+    def record(self) -> None:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        row = {k: v for k, v in self.__dict__.items() if k != "examples"}
+        with RESULTS.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def summarise(scenario: str, outcomes: list[Outcome], reference: Reference, atol: float = 1e-5) -> Summary:
+    answered = [o for o in outcomes if o.status == "200"]
+    texts = sorted({o.text for o in answered}, key=len)  # each text once, similar lengths together
+    expected = dict(zip(texts, reference_vectors(reference, texts), strict=True))
+    wrong = [o for o in answered if o.vector is None or not np.allclose(o.vector, expected[o.text], atol=atol)]
+    codes = Counter(o.status for o in outcomes if o.status != "200")
+    refused = {code: codes[code] for code in (*REFUSALS, CLOSED) if codes[code]}
+    explicit = ("200", *REFUSALS, CLOSED)
+    server_errors = sum(n for code, n in codes.items() if code not in explicit and code[0] in "5U")
+    other = {c: n for c, n in codes.items() if c not in explicit and c != "lost" and c[0] not in "5U"}
+    refusal_ms = [o.seconds * 1000 for o in outcomes if o.status in ("429", "503")]
+    examples = [f"{o.transport} #{o.index}: {o.status} {o.detail[:160]}" for o in outcomes if o.status not in explicit]
+    return Summary(
+        scenario=scenario,
+        sent=len(outcomes),
+        correct=len(answered) - len(wrong),
+        wrong=len(wrong),
+        refused=refused,
+        lost=codes["lost"],
+        server_errors=server_errors,
+        other=other,
+        refusal_p99_ms=float(np.percentile(refusal_ms, 99)) if refusal_ms else 0.0,
+        answered_p99_s=float(np.percentile([o.seconds for o in answered], 99)) if answered else 0.0,
+        refusal_p50_ms=float(np.percentile(refusal_ms, 50)) if refusal_ms else 0.0,
+        examples=examples[:5],
+    )
+
+
+def summary_from_metrics(scenario: str, metrics_text: str) -> Summary:
+    """A table row from the server's own request counter: every request it answered, by code."""
+    codes: Counter[str] = Counter()
+    for line in metrics_text.splitlines():
+        if line.startswith("mhaserve_requests_total{"):
+            code = line.split('code="')[1].split('"')[0]
+            codes[GRPC_NAMES.get(code, code)] += int(float(line.rpartition(" ")[2]))
+    refused = {code: codes[code] for code in REFUSALS if codes[code]}
+    server_errors = sum(n for code, n in codes.items() if code[0] == "5" and code not in REFUSALS)
+    other = {c: n for c, n in codes.items() if c[0] == "4" and c not in REFUSALS}
+    return Summary(
+        scenario=scenario,
+        sent=sum(codes.values()),
+        correct=codes["200"],
+        wrong=0,
+        refused=refused,
+        lost=0,
+        server_errors=server_errors,
+        other=other,
+        refusal_p99_ms=0.0,
+        answered_p99_s=0.0,
+        notes="counted by the server: 200 = answered (content checked by each test)",
+    )
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+class RssSampler:
+    """Samples a process's resident memory every `interval_s` on a thread, while in a `with` block."""
+
+    def __init__(self, pid: int, interval_s: float):
+        self.pid, self.interval_s = pid, interval_s
+        self.samples: list[tuple[float, float]] = []  # (seconds since start, MB)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append((time.monotonic() - self._started, rss_mb(self.pid)))
+            if self._stop.wait(self.interval_s):
+                return
+
+    @property
+    def peak_mb(self) -> float:
+        return max(mb for _, mb in self.samples)
