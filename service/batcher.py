@@ -107,6 +107,7 @@ class Batcher:
         on_drop: Callable[[MhaserveError], None] | None = None,
         on_depth: Callable[[], None] | None = None,
         more_coming: Callable[[], bool] | None = None,
+        thread_initializer: Callable[[], None] | None = None,
     ):
         self.name = name
         self.run_batch = run_batch
@@ -120,7 +121,7 @@ class Batcher:
         self.queue: list[Sequence] = []
         self.queued_tokens = 0
         self._arrived = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batcher-{name}")
+        self._executor = ThreadPoolExecutor(1, f"batcher-{name}", thread_initializer)
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:

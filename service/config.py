@@ -35,6 +35,11 @@ class Settings:
         "auto", "graph precision; auto: fp16 on CUDA, fp32 on CPU", choices=("auto", "fp32", "fp16", "int8")
     )
     intra_op_threads: int = setting(0, "onnxruntime intra-op threads; 0 = the usable cores")
+    inference_nice: int = setting(
+        10,
+        "nice value (0-19) of the inference threads on Linux; the event loop that parses, refuses and answers "
+        "requests then outranks compute, so refusals stay fast under overload. 0 = same priority",
+    )
     # batching
     max_batch_tokens: int = setting(16384, "a batch leaves when its padded tokens (longest x count) would pass this")
     max_batch_size: int = setting(64, "most sequences in one batch")
@@ -213,6 +218,8 @@ def validate(settings: Settings) -> None:
         raise SettingsError(
             f"--grpc-max-connection-age-grace-s must be >= 0, got {settings.grpc_max_connection_age_grace_s}"
         )
+    if not 0 <= settings.inference_nice <= 19:
+        raise SettingsError(f"--inference-nice must be 0..19 (a nice value), got {settings.inference_nice}")
     validate_tls(settings)
     for port_name in ("http_port", "grpc_port"):
         if not 0 <= getattr(settings, port_name) <= 65535:

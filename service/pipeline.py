@@ -7,6 +7,7 @@ the typed result; limits, batching, errors and readiness are decided here, once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.pooling import mean_pool, pad_batch
-from service.runtime import GraphRunner, Runtime
+from service.runtime import GraphRunner, Runtime, lower_thread_priority
 from service.types import (
     AttentionSelection,
     EmbedRequest,
@@ -191,6 +192,7 @@ class Engine:
         self.failed_batches_in_a_row = 0
         self.inflight = 0
         self.tokenizing = 0  # admitted requests not yet queued: company for a waiting batch
+        self.tokenizing_tokens = 0  # their estimated tokens, counted against the queue's room
         self._batchers: dict[str, Batcher] = {}
         self._tokenizer: TokenizerWorker | None = None
         self._idle = asyncio.Event()
@@ -271,6 +273,7 @@ class Engine:
             on_drop=self._observe_drop,
             on_depth=self._observe_depth,
             more_coming=self._more_coming if self.settings.batch_wait == "adaptive" else None,
+            thread_initializer=functools.partial(lower_thread_priority, self.settings.inference_nice),
         )
 
     def begin_drain(self) -> None:
@@ -299,10 +302,12 @@ class Engine:
         self._check_inputs(request.inputs)
         layers, heads = self._resolve_attention(request.attention)
         deadline = time.monotonic() + (request.timeout_s or self.settings.request_timeout_s)
+        estimate = self._estimate_tokens(request.inputs)
+        self._refuse_when_full(estimate)
         self._enter()
         try:
             started = time.monotonic()
-            encodings = await self._encode(request.inputs, request.truncate)
+            encodings = await self._encode(request.inputs, request.truncate, estimate)
             tokenize_s = time.monotonic() - started
             lengths = [len(e.ids) for e in encodings]
             if request.attention is not None:
@@ -417,13 +422,15 @@ class Engine:
     def _more_coming(self) -> bool:
         return self.tokenizing > 0
 
-    async def _encode(self, inputs: tuple[str, ...], truncate: bool) -> list[Encoding]:
+    async def _encode(self, inputs: tuple[str, ...], truncate: bool, estimate: int = 0) -> list[Encoding]:
         assert self._tokenizer is not None
         self.tokenizing += 1
+        self.tokenizing_tokens += estimate
         try:
             encodings = await self._tokenizer.encode(list(inputs))
         finally:
             self.tokenizing -= 1
+            self.tokenizing_tokens -= estimate
         if not truncate:
             for i, encoding in enumerate(encodings):
                 if encoding.overflowing:
@@ -433,20 +440,41 @@ class Engine:
                     )
         return encodings
 
+    def _estimate_tokens(self, inputs: tuple[str, ...]) -> int:
+        """Tokens a request will hold, guessed without tokenizing: its words plus [CLS] and [SEP]
+        (WordPiece gives ordinary text at least a token per word), at most max_len per input."""
+        max_len = self.manifest.max_len
+        return sum(min(max_len, len(text.split()) + 2) for text in inputs)
+
+    def _refuse_when_full(self, estimate: int) -> None:
+        """Under overload, refuse before tokenizing: a refusal then costs no tokenizer round trip
+        and never waits behind other requests' tokenization. Only while other work is queued, and
+        never for a request too big for any queue (that gets its exact 413 after tokenizing);
+        `_enqueue` makes the exact decision for everything let through."""
+        queued, limit = self._queued_tokens(), self.settings.max_queue_tokens
+        if queued and estimate <= limit and queued + self.tokenizing_tokens + estimate > limit:
+            raise self._at_capacity(queued)
+
+    def _queued_tokens(self) -> int:
+        return sum(b.queued_tokens for b in self._batchers.values())
+
+    def _at_capacity(self, queued: int) -> Overloaded:
+        return Overloaded(
+            f"the server is at capacity ({queued:,} tokens queued, limit {self.settings.max_queue_tokens:,}); "
+            "retry after the Retry-After interval",
+            retry_after_s=1,
+        )
+
     def _enqueue(self, graph: str, sequences: list[Sequence]) -> None:
         tokens = sum(s.length for s in sequences)
-        queued = sum(b.queued_tokens for b in self._batchers.values())
+        queued = self._queued_tokens()
         if tokens > self.settings.max_queue_tokens:
             raise PayloadTooLarge(
                 f"this request holds {tokens:,} tokens, more than the whole queue takes "
                 f"({self.settings.max_queue_tokens:,}): split it into smaller requests"
             )
         if queued + tokens > self.settings.max_queue_tokens:
-            raise Overloaded(
-                f"the server is at capacity ({queued:,} tokens queued, limit {self.settings.max_queue_tokens:,}); "
-                "retry after the Retry-After interval",
-                retry_after_s=1,
-            )
+            raise self._at_capacity(queued)
         self._batchers[graph].submit(sequences)
 
     async def _wait(self, job: Job, deadline: float) -> list:
@@ -482,4 +510,4 @@ class Engine:
         self.metrics.dropped.labels(reason).inc()
 
     def _observe_depth(self) -> None:
-        self.metrics.queue_depth.set(sum(b.queued_tokens for b in self._batchers.values()))
+        self.metrics.queue_depth.set(self._queued_tokens())

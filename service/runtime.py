@@ -6,7 +6,10 @@ import ctypes
 import functools
 import logging
 import os
+import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +52,23 @@ def cuda_usable() -> bool:
 
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Gives the calling thread (and the threads it creates later) a lower CPU priority.
+
+    On Linux a nice value belongs to one thread and new threads inherit it, so onnxruntime's
+    pool threads, created from a lowered thread, yield the cores to the event loop whenever
+    it has work: parsing, refusing and answering never wait behind a batch. A no-op elsewhere,
+    where setpriority would lower the whole process.
+    """
+    if nice <= 0 or sys.platform != "linux":
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
+    except OSError as exc:
+        log.warning("could not lower the inference threads' priority: %s", exc)
 
 
 def usable_cores() -> int:
@@ -150,6 +170,12 @@ class Runtime:
 
     @classmethod
     def load(cls, artifact: Artifact, settings: Settings) -> Runtime:
+        # sessions are created on a thread of lowered priority: onnxruntime's pool threads inherit it
+        with ThreadPoolExecutor(1, "runtime-load", lower_thread_priority, (settings.inference_nice,)) as thread:
+            return thread.submit(cls._load, artifact, settings).result()
+
+    @classmethod
+    def _load(cls, artifact: Artifact, settings: Settings) -> Runtime:
         provider, role = choose_placement(artifact, settings)
         threads = settings.intra_op_threads or usable_cores()
         fast = load_runner(artifact, role, provider, threads)

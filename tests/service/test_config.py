@@ -31,6 +31,7 @@ def test_lists_and_booleans_parse_from_strings():
         ({}, {"MHASERVE_MAX_BATCH_SIZ": "3"}, "unknown environment variable MHASERVE_MAX_BATCH_SIZ"),
         ({"max_queue_tokens": "0"}, {}, "--max-queue-tokens must be positive"),
         ({"api_key_file": "/nonexistent/keys"}, {}, "--api-key-file: /nonexistent/keys not found"),
+        ({"inference_nice": "20"}, {}, "--inference-nice must be 0..19"),
     ],
 )
 def test_bad_settings_are_named(cli, environ, says):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import signal
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -292,7 +295,42 @@ def test_full_queue_is_429_with_retry_after(start_server, reference):
     assert too_big.status_code == 413 and "split it" in too_big.json()["error"]["message"]
 
 
-def test_not_ready_is_503_until_warm(start_server):
+def test_a_request_too_big_for_any_queue_is_413_even_while_the_queue_is_busy(start_server):
+    busy = start_server("--max-queue-tokens", "300", "--max-batch-size", "1", "--max-wait-ms", "0")
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=busy.url, timeout=60) as client:
+            load = [
+                asyncio.create_task(client.post("/v1/embed", json={"inputs": [f"{SENTENCES[5]} ({i})"]}))
+                for i in range(40)
+            ]
+            await asyncio.sleep(0.2)  # the queue now holds work
+            too_big = await client.post("/v1/embed", json={"inputs": [SENTENCES[5]] * 20})
+            return too_big, await asyncio.gather(*load)
+
+    too_big, answers = asyncio.run(scenario())
+    assert 429 in [r.status_code for r in answers]  # the queue was full around it
+    assert too_big.status_code == 413 and "split it" in too_big.json()["error"]["message"]
+
+
+def inference_nice_values(pid: int) -> dict[int, int]:
+    """Each thread's nice value (field 19 of /proc/<pid>/task/<tid>/stat)."""
+    values = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rpartition(")")[2].split()
+        values[int(tid)] = int(fields[16])
+    return values
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are a Linux feature")
+def test_inference_threads_run_at_the_inference_nice_value_and_the_event_loop_does_not(start_server):
+    lowered = start_server("--inference-nice", "7")
+    assert post(lowered, "/v1/embed", {"inputs": ["runs a batch"]}).status_code == 200
+    nice = inference_nice_values(lowered.process.pid)
+    assert nice[lowered.process.pid] == 0  # the main thread runs the event loop
+    # the batcher threads and onnxruntime's pool threads, at least one of each
+    assert list(nice.values()).count(7) >= 2, nice
+
     loading = start_server(wait_ready=False)
     ready = httpx.get(loading.url + "/health/ready")
     embed = post(loading, "/v1/embed", {"inputs": "x"})
