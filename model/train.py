@@ -794,25 +794,10 @@ def finetune(config: TrainConfig, data: FinetuneConfig, job: JobConfig) -> dict:
     )
     progress = trainer.fit()
 
-    best = load_checkpoint(trainer.best_dir).to(device)
-    scores: dict = {
-        "best_epoch": progress.best_epoch,
-        "dev_spearman_by_epoch": [round(h["dev"], 3) for h in progress.history],
-    }
-    if progress.best is not None:
-        scores["dev_spearman"] = round(progress.best, 3)
+    best, scores = best_and_scores(trainer, progress, "dev_spearman", 3, device)
     if test is not None:
         scores["test_spearman"] = round(sts_spearman(best, eval_tokenizer, test, device), 3)
-    provenance = {
-        "job": "finetune",
-        "base_model": base,
-        "checkpoint": str(trainer.best_dir.resolve()),
-        "data": {role: f.to_dict() for role, f in files.items()},
-        "hyperparameters": hyperparameters,
-        "scores": scores,
-        "train_seconds": round(time.monotonic() - started, 1),
-        "device": str(device),
-    }
+    provenance = run_provenance("finetune", trainer, files, hyperparameters, scores, started, device, base_model=base)
     log.info("selected epoch %s: %s", progress.best_epoch, scores)
     export(best, trainer.best_dir / "tokenizer.json", job, export_max_len, provenance)
     return provenance
@@ -870,25 +855,41 @@ def pretrain(config: TrainConfig, data: PretrainConfig, job: JobConfig) -> dict:
     )
     progress = trainer.fit()
 
+    best, scores = best_and_scores(trainer, progress, "dev_mlm_loss", 4, device)
+    tokenizer_info = {"type": "WordPiece", "vocab_size": encoder_config.vocab_size}
+    provenance = run_provenance(
+        "pretrain", trainer, files, hyperparameters, scores, started, device, tokenizer=tokenizer_info
+    )
+    export(best, trainer.best_dir / "tokenizer.json", job, config.max_len, provenance)
+    return provenance
+
+
+def best_and_scores(trainer: Trainer, progress: Progress, metric: str, digits: int, device) -> tuple[Encoder, dict]:
+    """The best epoch's encoder, and the dev metric per epoch and at that epoch."""
     best = load_checkpoint(trainer.best_dir).to(device)
     scores: dict = {
         "best_epoch": progress.best_epoch,
-        "dev_mlm_loss_by_epoch": [round(h["dev"], 4) for h in progress.history],
+        f"{metric}_by_epoch": [round(h["dev"], digits) for h in progress.history],
     }
     if progress.best is not None:
-        scores["dev_mlm_loss"] = round(progress.best, 4)
-    provenance = {
-        "job": "pretrain",
+        scores[metric] = round(progress.best, digits)
+    return best, scores
+
+
+def run_provenance(
+    job: str, trainer: Trainer, files: dict, hyperparameters: dict, scores: dict, started: float, device, **extra
+) -> dict:
+    """What the artifact's manifest records about the run that made it."""
+    return {
+        "job": job,
+        **extra,
         "checkpoint": str(trainer.best_dir.resolve()),
         "data": {role: f.to_dict() for role, f in files.items()},
-        "tokenizer": {"type": "WordPiece", "vocab_size": encoder_config.vocab_size},
         "hyperparameters": hyperparameters,
         "scores": scores,
         "train_seconds": round(time.monotonic() - started, 1),
         "device": str(device),
     }
-    export(best, trainer.best_dir / "tokenizer.json", job, config.max_len, provenance)
-    return provenance
 
 
 def export(encoder: Encoder, tokenizer_json: Path, job: JobConfig, max_len: int, provenance: dict) -> None:

@@ -14,7 +14,7 @@ import base64
 import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import grpc
 import httpx
@@ -64,18 +64,25 @@ def from_base64(data: str, shape: Sequence[int]) -> np.ndarray:
     return np.frombuffer(base64.b64decode(data), dtype="<f4").reshape(shape)
 
 
-class RestClient:
+class ClosingClient:
+    """A client used as a context manager closes its connection on leaving the block."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class RestClient(ClosingClient):
     """/v1/embed, /v1/tokenize, /v1/models and health over HTTP; arrays travel as base64 float32."""
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout_s: float = 30.0):
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
-
-    def __enter__(self) -> RestClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self.http.close()
@@ -235,7 +242,7 @@ def embed_message(
     return message
 
 
-class GrpcClient:
+class GrpcClient(ClosingClient):
     """mhaserve.v1.Encoder over gRPC. `timeout_s` becomes each call's deadline."""
 
     def __init__(
@@ -256,12 +263,6 @@ class GrpcClient:
         self.stub = encoder_pb2_grpc.EncoderStub(self.channel)
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.timeout_s = timeout_s
-
-    def __enter__(self) -> GrpcClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self.channel.close()

@@ -38,6 +38,7 @@ TARGETS = {  # row -> the least ratio to the limit that issue 6 asks for (CPU, f
     "REST, single sentences, concurrency 64": 0.75,
 }
 GPU_TARGETS = {"REST, client batches of 32, concurrency 8": 0.80}  # fp16 on CUDA
+ROUNDS = 2  # runs of each service row; the best is reported (as the limit's best of three)
 
 
 @dataclass
@@ -159,6 +160,8 @@ def batches_of(texts: list[str], size: int) -> list[list[str]]:
 
 
 def service_rows(server, texts: list[str], tokens: int, model: str, label: str = "") -> list[Row]:
+    """Each row measured in ROUNDS interleaved rounds, its best run kept: on a shared machine other
+    load only ever lowers a measurement, and the limit it is compared with is a best run too."""
     host, port = "127.0.0.1", server.http_port
     transports = {
         "REST": rest_call(host, port),
@@ -166,18 +169,20 @@ def service_rows(server, texts: list[str], tokens: int, model: str, label: str =
         "KServe REST": kserve_rest_call(host, port, model),
         "KServe gRPC": kserve_grpc_call(server.grpc_target, model),
     }
-    rows = []
     # one full pass first: onnxruntime's allocations for every batch shape, the connections,
     # the tokenizer's caches — the first row must not pay for what the others get for free
     asyncio.run(closed_loop(transports["REST"], batches_of(texts, 32), 8))
-    for name, make in transports.items():
+    for make in transports.values():
         asyncio.run(closed_loop(make, batches_of(texts[:256], 32), 8))  # warm this transport's connections
-        outcome = asyncio.run(closed_loop(make, batches_of(texts, 32), 8))
-        rows.append(as_row(f"{name}, client batches of 32, concurrency 8{label}", outcome, tokens))
-    for name in ("REST", "gRPC"):
-        outcome = asyncio.run(closed_loop(transports[name], batches_of(texts, 1), 64))
-        rows.append(as_row(f"{name}, single sentences, concurrency 64{label}", outcome, tokens))
-    return rows
+    runs: dict[str, list[Outcome]] = {}
+    for _ in range(ROUNDS):
+        for name, make in transports.items():
+            outcome = asyncio.run(closed_loop(make, batches_of(texts, 32), 8))
+            runs.setdefault(f"{name}, client batches of 32, concurrency 8{label}", []).append(outcome)
+        for name in ("REST", "gRPC"):
+            outcome = asyncio.run(closed_loop(transports[name], batches_of(texts, 1), 64))
+            runs.setdefault(f"{name}, single sentences, concurrency 64{label}", []).append(outcome)
+    return [as_row(name, min(outcomes, key=lambda o: o.seconds), tokens) for name, outcomes in runs.items()]
 
 
 def main() -> int:
