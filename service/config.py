@@ -62,6 +62,9 @@ class Settings:
     http_header_timeout_s: float = setting(
         10.0, "a REST connection that has not sent a whole request head (line and headers) by then is closed"
     )
+    http_body_timeout_s: float = setting(
+        30.0, "a REST connection whose request body has not all arrived this long after its head is closed"
+    )
     http_keepalive_timeout_s: float = setting(5.0, "an idle REST keep-alive connection is closed after this long")
     http_send_timeout_s: float = setting(
         30.0, "a REST connection whose client reads none of a pending answer for this long is closed"
@@ -87,6 +90,11 @@ class Settings:
     )
     # lifecycle and logs
     shutdown_grace_s: float = setting(20.0, "on SIGTERM, how long in-flight requests get to finish")
+    recovery_probe_s: float = setting(
+        10.0,
+        "while readiness is false because batches keep failing, a one-sentence probe batch runs this often; "
+        "the first that succeeds makes the pod ready again",
+    )
     log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"))
     # testing only
     fault_inject_text: str = setting(
@@ -201,8 +209,10 @@ def validate(settings: Settings) -> None:
         "max_attention_values",
         "grpc_max_message_bytes",
         "http_header_timeout_s",
+        "http_body_timeout_s",
         "http_keepalive_timeout_s",
         "http_send_timeout_s",
+        "recovery_probe_s",
         "http_max_connections",
         "http_max_header_bytes",
         "grpc_max_connection_age_s",

@@ -46,6 +46,7 @@ from service.types import (
 log = logging.getLogger(__name__)
 
 UNHEALTHY_AFTER_FAILED_BATCHES = 3  # consecutive failures that turn readiness false
+PROBE_TEXT = "mhaserve readiness probe"  # what the recovery probe embeds
 
 
 class TokenizerWorker:
@@ -195,6 +196,7 @@ class Engine:
         self.tokenizing_tokens = 0  # their estimated tokens, counted against the queue's room
         self._batchers: dict[str, Batcher] = {}
         self._tokenizer: TokenizerWorker | None = None
+        self._probe: asyncio.Task | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -282,6 +284,8 @@ class Engine:
 
     async def stop(self, grace_s: float) -> None:
         self.begin_drain()
+        if self._probe is not None:
+            self._probe.cancel()
         try:
             await asyncio.wait_for(self._idle.wait(), grace_s)
         except TimeoutError:
@@ -495,7 +499,14 @@ class Engine:
         if not stats.ok:
             self.failed_batches_in_a_row += 1
             if self.failed_batches_in_a_row == UNHEALTHY_AFTER_FAILED_BATCHES:
-                log.error("%d batches failed in a row: readiness is now false", self.failed_batches_in_a_row)
+                log.error(
+                    "%d batches failed in a row: readiness is now false; a probe batch every %.0f s checks "
+                    "for recovery",
+                    self.failed_batches_in_a_row,
+                    self.settings.recovery_probe_s,
+                )
+                if self._probe is None or self._probe.done():
+                    self._probe = asyncio.create_task(self._probe_until_recovered(), name="recovery-probe")
             return
         self.failed_batches_in_a_row = 0
         m.inference_duration.labels(graph).observe(stats.inference_s)
@@ -504,6 +515,20 @@ class Engine:
         m.padding_ratio.observe(1.0 - stats.real_tokens / stats.padded_tokens)
         for seconds in stats.queue_s:
             m.queue_duration.observe(seconds)
+
+    async def _probe_until_recovered(self) -> None:
+        """Once readiness is false, Kubernetes routes no requests here, so none could show that
+        the runtime works again; a probe batch, run as a request is, does that instead."""
+        while not self.ready and not self.draining:
+            await asyncio.sleep(self.settings.recovery_probe_s)
+            if self.ready or self.draining:  # a request that was still routed here succeeded
+                break
+            try:
+                await self.embed(EmbedRequest(inputs=(PROBE_TEXT,)))
+            except MhaserveError as error:
+                log.warning("recovery probe failed (%s); next in %.0f s", error.message, self.settings.recovery_probe_s)
+                continue
+            log.info("recovery probe batch succeeded: readiness is true again")
 
     def _observe_drop(self, error: MhaserveError) -> None:
         reason = "deadline" if isinstance(error, DeadlineExceeded) else "cancelled"

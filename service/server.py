@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Iterator
@@ -39,22 +40,25 @@ class HttpServer(uvicorn.Server):
 
 
 class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, plus deadlines for a request head and for a stalled reader.
+    """uvicorn's h11 protocol, plus deadlines for a request head and body and for a stalled reader.
 
     uvicorn times out idle keep-alive connections only after a response, and any byte
     cancels that timer: a client that opens a connection and trickles its headers
     (slowloris) would hold it forever. Here a connection waiting for a request head (new,
-    or after its last response) is closed if the whole head has not arrived in time. And a
-    client that stops reading its answer keeps a connection, a task and the unsent bytes
+    or after its last response) is closed if the whole head has not arrived in time, and
+    one whose body has not all arrived body_timeout_s after its head (a slow POST) too. And
+    a client that stops reading its answer keeps a connection, a task and the unsent bytes
     for as long as it likes; here the connection is dropped once writing has been paused
     (the client's socket buffer full) for send_timeout_s.
     """
 
-    head_timeout_s = 10.0  # both set per server by http_protocol()
+    head_timeout_s = 10.0  # all set per server by http_protocol()
+    body_timeout_s = 30.0
     send_timeout_s = 30.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
         super().connection_made(transport)
         self._arm_head_timer()
@@ -63,6 +67,11 @@ class GuardedH11Protocol(H11Protocol):
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:  # the request head has arrived
             self._head_timer = cancel(self._head_timer)
+        if self.conn.their_state is h11.SEND_BODY:  # and its body is still on the way
+            if self._body_timer is None:
+                self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_timed_out)
+        else:
+            self._body_timer = cancel(self._body_timer)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -80,6 +89,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_timer = cancel(self._head_timer)
+        self._body_timer = cancel(self._body_timer)
         self._send_timer = cancel(self._send_timer)
         super().connection_lost(exc)
 
@@ -93,6 +103,12 @@ class GuardedH11Protocol(H11Protocol):
             log.debug("closing a connection whose request head did not arrive in %.1f s", self.head_timeout_s)
             self.transport.close()
 
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            log.debug("closing a connection whose request body did not arrive in %.1f s", self.body_timeout_s)
+            self.transport.abort()  # the request's handler sees a disconnect; nothing is answered
+
     def _send_timed_out(self) -> None:
         self._send_timer = None
         log.debug("dropping a connection whose client read nothing for %.1f s", self.send_timeout_s)
@@ -105,7 +121,11 @@ def cancel(timer: asyncio.TimerHandle | None) -> None:
 
 
 def http_protocol(settings: Settings) -> type[H11Protocol]:
-    timeouts = {"head_timeout_s": settings.http_header_timeout_s, "send_timeout_s": settings.http_send_timeout_s}
+    timeouts = {
+        "head_timeout_s": settings.http_header_timeout_s,
+        "body_timeout_s": settings.http_body_timeout_s,
+        "send_timeout_s": settings.http_send_timeout_s,
+    }
     return type("GuardedH11Protocol", (GuardedH11Protocol,), timeouts)
 
 
@@ -164,6 +184,11 @@ async def serve(settings: Settings) -> None:
             await grpc_server.stop(0)
             await http_task
             raise
+        # what start-up built (modules, the app, sessions) lives as long as the process: moved out
+        # of the collector's reach, a full collection no longer walks it and pauses the event
+        # loop for a fraction of the time
+        gc.collect()
+        gc.freeze()
         grpc_server.set_serving()
         log.info("ready: %s", engine.info)
         await stop.wait()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import json
 import threading
 import time
@@ -219,14 +220,22 @@ async def open_loop(
     each once, not once per request; a vector given to the wrong request still shows)."""
     loop = asyncio.get_running_loop()
     start, tasks = loop.time(), []
-    for n in range(int(rate * duration_s)):
-        delay = start + n / rate - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        index = first_index + n
-        text = unique_text(index if distinct is None else index % distinct)
-        tasks.append(asyncio.create_task(senders.send(index, TRANSPORTS[index % 3], text)))
-    return list(await asyncio.gather(*tasks))
+    # the client's own cyclic garbage collector would pause its event loop for tens of ms over the
+    # tens of thousands of objects a long run holds, and every request in flight would wear that
+    # pause as server latency: it runs after the load instead (as timeit does)
+    gc.disable()
+    try:
+        for n in range(int(rate * duration_s)):
+            delay = start + n / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            index = first_index + n
+            text = unique_text(index if distinct is None else index % distinct)
+            tasks.append(asyncio.create_task(senders.send(index, TRANSPORTS[index % 3], text)))
+        return list(await asyncio.gather(*tasks))
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 async def measure_capacity(senders: Senders, duration_s: float, clients: int = 96) -> float:

@@ -1,6 +1,7 @@
 """Promise 4: a batch whose inference fails fails only its own requests (500 / INTERNAL with a clear
 message, counted in mhaserve_errors_total); the server keeps serving and stays ready. A runtime that
-keeps failing turns readiness false on every transport, so Kubernetes stops routing to the pod.
+keeps failing turns readiness false on every transport, so Kubernetes stops routing to the pod;
+a probe batch then checks every --recovery-probe-s and makes it ready again once the runtime works.
 
 Faults come from the documented testing-only setting --fault-inject-text."""
 
@@ -23,14 +24,27 @@ FAULT = "please fail this batch"
 
 @pytest.fixture
 def faulty():
-    # batches wait up to 300 ms for company, so one wave of requests shares a batch
-    server = launch("--fault-inject-text", FAULT, "--max-wait-ms", "300", "--batch-wait", "always")
+    # batches wait up to 300 ms for company, so one wave of requests shares a batch; the recovery
+    # probe comes after the checks of the unready state
+    server = launch(
+        "--fault-inject-text", FAULT, "--max-wait-ms", "300", "--batch-wait", "always", "--recovery-probe-s", "8"
+    )  # fmt: skip
     yield server
     server.stop()
 
 
 def failed_count(server) -> float:
     return metric_value(httpx.get(server.url + "/metrics").text, "mhaserve_errors_total", {"type": "inference_failed"})
+
+
+def embed_requests(server) -> float:
+    """Every /v1/embed request answered, whatever its code."""
+    lines = httpx.get(server.url + "/metrics").text.splitlines()
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in lines
+        if line.startswith("mhaserve_requests_total{") and 'route="/v1/embed"' in line
+    )
 
 
 def grpc_health(server) -> int:
@@ -89,3 +103,22 @@ def test_a_runtime_that_keeps_failing_turns_readiness_false_everywhere(faulty, r
     assert fine.status_code == 200
     np.testing.assert_allclose(fine.json()["embeddings"][0], reference.embedding("back to work"), atol=1e-5)
     assert httpx.get(faulty.url + "/health/ready").status_code == 200
+
+
+def test_once_unready_a_probe_batch_makes_the_pod_ready_again_without_any_request(start_server):
+    # the injected fault fails only batches holding its text; the probe's batch works
+    server = start_server("--fault-inject-text", FAULT, "--recovery-probe-s", "2")
+    for _ in range(3):
+        assert httpx.post(server.url + "/v1/embed", json={"inputs": [FAULT]}, timeout=30).status_code == 500
+    assert httpx.get(server.url + "/health/ready").status_code == 503
+    embeds_before = embed_requests(server)
+    deadline = time.monotonic() + 15
+    while httpx.get(server.url + "/health/ready").status_code != 200:
+        assert time.monotonic() < deadline, "the probe did not make the pod ready again"
+        time.sleep(0.2)
+    assert "recovery probe batch succeeded: readiness is true again" in server.log()
+    deadline = time.monotonic() + 5
+    while grpc_health(server) != health_pb2.HealthCheckResponse.SERVING:
+        assert time.monotonic() < deadline, "gRPC health did not turn SERVING again"
+        time.sleep(0.1)
+    assert embed_requests(server) == embeds_before  # the probe is no client request: not counted as one

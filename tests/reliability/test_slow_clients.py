@@ -23,6 +23,7 @@ SLOWLORIS = 200
 NON_READERS = 200
 HEAD_TIMEOUT_S = 3.0  # of the `quick` server, whose timeouts the tests watch fire
 SEND_TIMEOUT_S = 3.0
+BODY_TIMEOUT_S = 3.0
 STATIC = "/ui/static/ui.js"  # 10 kB, served from disk: the non-readers cost the server little to answer
 
 
@@ -74,6 +75,16 @@ def grpc_latencies(target: str, n: int = 25) -> list[float]:
         return seconds
 
 
+def is_closed_by_server(sock: socket.socket) -> bool:
+    """End-of-stream or a reset, seen without blocking (a send after the close may still succeed)."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:  # open, nothing to read
+        return False
+    except OSError:  # reset
+        return True
+
+
 class Slowloris:
     """Connections that send a request head one byte a second, never finishing it."""
 
@@ -94,17 +105,7 @@ class Slowloris:
                     pass
 
     def closed_by_server(self) -> int:
-        """How many the server has closed: seen as end-of-stream or a reset when peeking, not by a
-        send, whose first attempt after the server's close still succeeds."""
-        closed = 0
-        for sock in self.sockets:
-            try:
-                closed += sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-            except BlockingIOError:  # still open, nothing to read
-                pass
-            except OSError:  # reset by the server
-                closed += 1
-        return closed
+        return sum(map(is_closed_by_server, self.sockets))
 
     def close(self) -> None:
         self._stop.set()
@@ -128,7 +129,10 @@ def non_readers(port: int, count: int, pipelined: int = 8) -> list[socket.socket
 
 @pytest.fixture
 def quick(start_server) -> Iterator:
-    yield start_server("--http-header-timeout-s", str(HEAD_TIMEOUT_S), "--http-send-timeout-s", str(SEND_TIMEOUT_S))
+    yield start_server(
+        "--http-header-timeout-s", str(HEAD_TIMEOUT_S), "--http-send-timeout-s", str(SEND_TIMEOUT_S),
+        "--http-body-timeout-s", str(BODY_TIMEOUT_S),
+    )  # fmt: skip
 
 
 def test_slowloris_and_non_reading_clients_do_not_slow_a_normal_client(start_server):
@@ -160,6 +164,25 @@ def test_a_request_head_that_never_completes_is_closed_after_the_head_timeout(qu
     elapsed = time.monotonic() - started
     assert answer == b""  # closed, not answered
     assert HEAD_TIMEOUT_S - 0.5 <= elapsed <= HEAD_TIMEOUT_S + 3
+
+
+def test_a_request_body_that_never_completes_is_closed_after_the_body_timeout(quick):
+    head = b"POST /v1/embed HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", quick.http_port)) as sock:
+        sock.sendall(head + b'{"inputs": ["a body that')
+        started = time.monotonic()
+        while not is_closed_by_server(sock):  # a byte every 0.2 s: the body keeps coming, never completes
+            assert time.monotonic() - started < BODY_TIMEOUT_S + 3, "the slow body was not cut off"
+            time.sleep(0.2)
+            try:
+                sock.sendall(b"x")
+            except OSError:
+                break
+        elapsed = time.monotonic() - started
+    assert elapsed >= BODY_TIMEOUT_S - 0.5, elapsed
+    fine = httpx.post(quick.url + "/v1/embed", json={"inputs": ["a whole body"]}, timeout=10)
+    assert fine.status_code == 200
+    assert "Traceback" not in quick.log()
 
 
 def test_the_timeouts_free_every_slowloris_and_stalled_reader_connection(quick):
