@@ -15,11 +15,15 @@ from tests.conftest import metric_value
 from tests.reliability.load import MODEL, Senders, summarise
 
 LONG = "A considerably longer sentence that goes on and on, so that every batch takes a while. " * 8
-BLOCKERS = 48  # one sequence per batch: the queue drains for several seconds
+BLOCKERS = 160  # one sequence per batch: the queue drains for seconds, even on a fast quiet machine
 
 
 def metrics(server) -> str:
     return httpx.get(server.url + "/metrics", timeout=10).text
+
+
+async def metrics_async(client: httpx.AsyncClient) -> str:
+    return (await client.get("/metrics")).text
 
 
 def computed_sequences(text: str) -> float:
@@ -62,7 +66,10 @@ def test_abandoned_requests_are_dropped_before_inference_and_the_rest_are_answer
     async def scenario():
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
             blocker = asyncio.create_task(client.post("/v1/embed", json={"inputs": [LONG] * BLOCKERS}))
-            await asyncio.sleep(0.5)  # the blocker's sequences fill the queue
+            # until the blocker's sequences are queued (a fixed sleep raced a fast machine's queue)
+            while metric_value(await metrics_async(client), "mhaserve_queue_depth") == 0:
+                assert not blocker.done(), blocker
+                await asyncio.sleep(0.02)
             kserve_body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["gone away"]}]}
             abandon = [
                 send_and_hang_up(server.http_port, "/v1/embed", {"inputs": [f"gone {i}"]}, 0.3) for i in range(8)
