@@ -21,6 +21,7 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
+        self.answered = 0  # requests answered on any transport: the drain watches it to see traffic stop
         self.registry = r = CollectorRegistry()
         self.requests = Counter(
             "mhaserve_requests",
@@ -88,6 +89,7 @@ class Metrics:
             self.requests.labels(transport, route, "200" if transport == "http" else "OK")
 
     def observe_request(self, transport: str, route: str, code: str, seconds: float) -> None:
+        self.answered += 1
         self.requests.labels(transport, route, code).inc()
         self.request_duration.labels(transport, route).observe(seconds)
 

@@ -150,6 +150,23 @@ def http_config(app: object, settings: Settings) -> uvicorn.Config:
     )
 
 
+GRPC_STOP_GRACE_S = 1.0
+QUIET_S = 0.25  # no request for this long: the clients have gone elsewhere
+
+
+async def until_traffic_stops(engine: Engine, until: float) -> None:
+    """While draining, keep refusing (503 / UNAVAILABLE) until no request has come for QUIET_S,
+    or until `until`. A gRPC server that stops while calls still arrive cancels, not refuses,
+    those it has received but not yet handed to the application (grpc-python's aio server)."""
+    loop = asyncio.get_running_loop()
+    seen = engine.metrics.answered
+    while loop.time() + QUIET_S < until:
+        await asyncio.sleep(QUIET_S)
+        if engine.metrics.answered == seen:
+            return
+        seen = engine.metrics.answered
+
+
 async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -196,10 +213,12 @@ async def serve(settings: Settings) -> None:
         loading.cancel()
 
     log.info("shutting down: draining in-flight requests (grace %.0f s)", settings.shutdown_grace_s)
+    stop_by = loop.time() + settings.shutdown_grace_s
     grpc_server.set_not_serving()
     await engine.stop(settings.shutdown_grace_s)
+    await until_traffic_stops(engine, stop_by - GRPC_STOP_GRACE_S)
     http.should_exit = True
     await http_task
     # in-flight RPCs already finished in engine.stop; a short grace lets their answers flush
-    await grpc_server.stop(1.0)
+    await grpc_server.stop(GRPC_STOP_GRACE_S)
     log.info("stopped")
