@@ -519,16 +519,17 @@ class Engine:
     async def _probe_until_recovered(self) -> None:
         """Once readiness is false, Kubernetes routes no requests here, so none could show that
         the runtime works again; a probe batch, run as a request is, does that instead."""
-        while not self.ready and not self.draining:
+        while True:
             await asyncio.sleep(self.settings.recovery_probe_s)
-            if self.ready or self.draining:  # a request that was still routed here succeeded
-                break
+            if self.ready or self.draining:  # a request still routed here succeeded, or shutting down
+                return
             try:
                 await self.embed(EmbedRequest(inputs=(PROBE_TEXT,)))
             except MhaserveError as error:
                 log.warning("recovery probe failed (%s); next in %.0f s", error.message, self.settings.recovery_probe_s)
-                continue
-            log.info("recovery probe batch succeeded: readiness is true again")
+            else:
+                log.info("recovery probe batch succeeded: readiness is true again")
+                return
 
     def _observe_drop(self, error: MhaserveError) -> None:
         reason = "deadline" if isinstance(error, DeadlineExceeded) else "cancelled"
