@@ -5,7 +5,8 @@ tokens = longest x count) or when its oldest member has waited `max_wait_ms`, so
 never adds more than that to anyone and, at saturation, the wait is never paid: the next
 batch is cut the moment the runtime is free. Sequences of similar length are grouped to cut
 padding. Sequences whose request was abandoned (client gone, deadline passed) are dropped
-before they are computed. Inference runs in a worker thread, off the event loop.
+before they are computed. Inference runs in worker threads, off the event loop: with several
+workers, the next batch is cut as soon as one is free, while the others still compute.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class Batcher:
         on_depth: Callable[[], None] | None = None,
         more_coming: Callable[[], bool] | None = None,
         thread_initializer: Callable[[], None] | None = None,
+        workers: int = 1,
     ):
         self.name = name
         self.run_batch = run_batch
@@ -121,20 +123,24 @@ class Batcher:
         self.queue: list[Sequence] = []
         self.queued_tokens = 0
         self._arrived = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, f"batcher-{name}", thread_initializer)
+        self._executor = ThreadPoolExecutor(workers, f"batcher-{name}", thread_initializer)
+        self._worker_free = asyncio.Semaphore(workers)
+        self._computing: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"batcher-{self.name}")
 
     async def stop(self) -> None:
-        """Fail what is still queued and stop the worker; the running batch completes first."""
+        """Fail what is still queued and stop the workers; running batches complete first."""
         if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        if self._computing:
+            await asyncio.wait(self._computing)
         for sequence in self.queue:
             sequence.job.fail(NotReady("server shut down before this request was computed; retry"))
         self._take(list(self.queue))
@@ -153,23 +159,39 @@ class Batcher:
             await self._arrived.wait()
             self._arrived.clear()
             while self.queue:
-                self._drop_abandoned()
-                if not self.queue:
+                await self._worker_free.acquire()
+                batch = await self._next_batch()
+                if batch is None:
+                    self._worker_free.release()
                     break
-                batch, full = self._select()
-                # wait for company only if some is on its way: a lone request at idle leaves at once
-                if not full and self.more_coming():
-                    waited = time.monotonic() - min(s.enqueued for s in self.queue)
-                    if waited < self.max_wait_s:
-                        # wait for company, but never past the oldest member's max_wait
-                        try:
-                            await asyncio.wait_for(self._arrived.wait(), self.max_wait_s - waited)
-                            self._arrived.clear()
-                        except TimeoutError:
-                            pass
-                        continue  # re-select with whatever arrived
                 self._take(batch)
-                await self._compute(loop, batch)
+                task = asyncio.create_task(self._compute(loop, batch))
+                self._computing.add(task)
+                task.add_done_callback(self._computed)
+
+    async def _next_batch(self) -> list[Sequence] | None:
+        """The batch a free worker runs next, once it is full or has waited enough; None if the queue empties."""
+        while True:
+            self._drop_abandoned()
+            if not self.queue:
+                return None
+            batch, full = self._select()
+            # wait for company only if some is on its way: a lone request at idle leaves at once
+            if full or not self.more_coming():
+                return batch
+            waited = time.monotonic() - min(s.enqueued for s in self.queue)
+            if waited >= self.max_wait_s:
+                return batch
+            # wait for company, but never past the oldest member's max_wait; then re-select
+            try:
+                await asyncio.wait_for(self._arrived.wait(), self.max_wait_s - waited)
+                self._arrived.clear()
+            except TimeoutError:
+                pass
+
+    def _computed(self, task: asyncio.Task) -> None:
+        self._computing.discard(task)
+        self._worker_free.release()
 
     def _drop_abandoned(self) -> None:
         now = time.monotonic()

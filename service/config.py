@@ -34,7 +34,15 @@ class Settings:
     precision: str = setting(
         "auto", "graph precision; auto: fp16 on CUDA, fp32 on CPU", choices=("auto", "fp32", "fp16", "int8")
     )
-    intra_op_threads: int = setting(0, "onnxruntime intra-op threads; 0 = the usable cores")
+    inference_workers: int = setting(
+        0,
+        "batches computed at once, each on its own thread; 0 = auto: on a CPU with 2+ cores and "
+        "--intra-op-threads auto, 2 (a batch's parallel sections stall whenever the serving loop takes one of "
+        "their cores; two single-threaded batches don't), else 1",
+    )
+    intra_op_threads: int = setting(
+        0, "onnxruntime intra-op threads per worker; 0 = the usable cores divided by --inference-workers"
+    )
     inference_nice: int = setting(
         10,
         "nice value (0-19) of the inference threads on Linux; the event loop that parses, refuses and answers "
@@ -228,6 +236,8 @@ def validate(settings: Settings) -> None:
         raise SettingsError(
             f"--grpc-max-connection-age-grace-s must be >= 0, got {settings.grpc_max_connection_age_grace_s}"
         )
+    if settings.inference_workers < 0 or settings.intra_op_threads < 0:
+        raise SettingsError("--inference-workers and --intra-op-threads must be >= 0 (0 = auto)")
     if not 0 <= settings.inference_nice <= 19:
         raise SettingsError(f"--inference-nice must be 0..19 (a nice value), got {settings.inference_nice}")
     validate_tls(settings)

@@ -257,14 +257,16 @@ class Engine:
             return run_attention_batch(attention, batch)
 
         self._batchers = {
-            "fast": self._batcher("fast", run_fast, s.max_batch_tokens),
-            "attention": self._batcher("attention", run_attention, s.attention_max_batch_tokens),
+            "fast": self._batcher("fast", run_fast, s.max_batch_tokens, self.runtime.workers),
+            "attention": self._batcher("attention", run_attention, s.attention_max_batch_tokens, workers=1),
         }
         for batcher in self._batchers.values():
             batcher.start()
         self.started = True
 
-    def _batcher(self, graph: str, run: Callable[[list[Sequence]], list], max_batch_tokens: int) -> Batcher:
+    def _batcher(
+        self, graph: str, run: Callable[[list[Sequence]], list], max_batch_tokens: int, workers: int
+    ) -> Batcher:
         return Batcher(
             graph,
             run,
@@ -276,6 +278,7 @@ class Engine:
             on_depth=self._observe_depth,
             more_coming=self._more_coming if self.settings.batch_wait == "adaptive" else None,
             thread_initializer=functools.partial(lower_thread_priority, self.settings.inference_nice),
+            workers=workers,
         )
 
     def begin_drain(self) -> None:

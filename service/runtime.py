@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
@@ -9,6 +10,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -78,9 +80,34 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+class RunsInProgress:
+    """Counts a graph's session runs in progress, to tell a batch that runs alone."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+
+    @contextlib.contextmanager
+    def enter(self) -> Iterator[bool]:
+        """Yields True when no other run is in progress as this one starts."""
+        with self._lock:
+            self._running += 1
+            alone = self._running == 1
+        try:
+            yield alone
+        finally:
+            with self._lock:
+                self._running -= 1
+
+
 @dataclass
 class GraphRunner:
-    """One onnxruntime session. `run` releases the GIL and may be called from worker threads."""
+    """One graph's onnxruntime sessions. `run` releases the GIL and may be called from worker threads.
+
+    With several workers on the CPU each run gets the worker's share of the cores (`session`),
+    except a run that starts while no other is in progress: a lone request at idle gets all
+    the cores (`solo`), so splitting the cores between workers costs no idle latency.
+    """
 
     role: str
     file: str
@@ -88,11 +115,25 @@ class GraphRunner:
     provider: str
     session: ort.InferenceSession
     output_names: tuple[str, ...]
+    solo: ort.InferenceSession | None = None
+    runs: RunsInProgress | None = None
+
+    @property
+    def sessions(self) -> list[ort.InferenceSession]:
+        return [self.session] if self.solo is None else [self.session, self.solo]
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
         if self.provider == CUDA:
             return self._run_bound(input_ids, attention_mask)
-        return self.session.run(self.output_names, {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask})
+        if self.solo is None or self.runs is None:
+            return self.run_on(self.session, input_ids, attention_mask)
+        with self.runs.enter() as alone:
+            return self.run_on(self.solo if alone else self.session, input_ids, attention_mask)
+
+    def run_on(
+        self, session: ort.InferenceSession, input_ids: np.ndarray, attention_mask: np.ndarray
+    ) -> list[np.ndarray]:
+        return session.run(self.output_names, {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask})
 
     def _run_bound(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
         """IO binding: inputs copied to the device once, outputs left there by the run and
@@ -119,6 +160,32 @@ def session_options(threads: int) -> ort.SessionOptions:
     return options
 
 
+def compute_threads(settings: Settings, provider: str, cores: int) -> tuple[int, int]:
+    """(workers, intra-op threads per worker) from the settings; 0 means auto for either.
+
+    On the CPU two single-threaded workers beat one two-threaded one under load: a batch's
+    parallel sections wait for their slowest thread, and the serving loop (at a higher
+    priority) keeps taking a core from one of them (README, performance notes). A batch that
+    starts alone still gets every core (GraphRunner.solo). An explicit --intra-op-threads
+    keeps its old meaning (the compute threads in all) unless --inference-workers is set too.
+    A GPU runs one batch at a time.
+    """
+    workers = settings.inference_workers
+    if workers == 0:
+        workers = 2 if provider == CPU and cores >= 2 and settings.intra_op_threads == 0 else 1
+    threads = settings.intra_op_threads or max(1, cores // workers)
+    if provider == CPU and workers * threads > cores:
+        log.warning(
+            "%d inference workers x %d intra-op threads = %d compute threads on %d usable cores: they will "
+            "take turns; set --inference-workers x --intra-op-threads <= the cores",
+            workers,
+            threads,
+            workers * threads,
+            cores,
+        )
+    return workers, threads
+
+
 def choose_placement(artifact: Artifact, settings: Settings) -> tuple[str, str]:
     """(provider, fast-graph role) from the settings, the artifact and the hardware."""
     graphs = artifact.manifest.graphs
@@ -139,7 +206,16 @@ def choose_placement(artifact: Artifact, settings: Settings) -> tuple[str, str]:
     return provider, role
 
 
-def load_runner(artifact: Artifact, role: str, provider: str, threads: int) -> GraphRunner:
+def load_runner(
+    artifact: Artifact,
+    role: str,
+    provider: str,
+    threads: int,
+    solo_threads: int = 0,
+    runs: RunsInProgress | None = None,
+) -> GraphRunner:
+    """The graph's session with `threads` intra-op threads, and with solo_threads > threads a
+    second one for runs that start alone (the weights are loaded twice: ~90 MB for MiniLM fp32)."""
     spec = artifact.manifest.graphs[role]
     path = artifact.graph_path(role)
     providers = [(CUDA, {"device_id": 0}), CPU] if provider == CUDA else [CPU]
@@ -148,6 +224,9 @@ def load_runner(artifact: Artifact, role: str, provider: str, threads: int) -> G
         ort.preload_dlls()
     try:
         session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+        solo = None
+        if solo_threads > threads:
+            solo = ort.InferenceSession(str(path), session_options(solo_threads), providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise ArtifactError(f"{path}: onnxruntime cannot load this graph ({exc})") from None
     actual = session.get_providers()[0]
@@ -157,7 +236,7 @@ def load_runner(artifact: Artifact, role: str, provider: str, threads: int) -> G
     missing = [name for name in spec.outputs if name not in names]
     if missing:
         raise ArtifactError(f"{path}: output {missing[0]!r} named in the manifest is not in the graph")
-    return GraphRunner(role, spec.file, spec.precision, actual, session, spec.outputs)
+    return GraphRunner(role, spec.file, spec.precision, actual, session, spec.outputs, solo, runs)
 
 
 @dataclass
@@ -166,7 +245,8 @@ class Runtime:
 
     fast: GraphRunner
     attention: GraphRunner
-    threads: int
+    workers: int  # fast-graph batches computed at once (the attention graph runs one at a time)
+    threads: int  # intra-op threads of each
 
     @classmethod
     def load(cls, artifact: Artifact, settings: Settings) -> Runtime:
@@ -177,20 +257,23 @@ class Runtime:
     @classmethod
     def _load(cls, artifact: Artifact, settings: Settings) -> Runtime:
         provider, role = choose_placement(artifact, settings)
-        threads = settings.intra_op_threads or usable_cores()
-        fast = load_runner(artifact, role, provider, threads)
-        # attention probabilities are always computed in fp32 (the fp16 graph has no explicit softmax)
-        attention = load_runner(artifact, ATTENTION, provider, threads)
+        workers, threads = compute_threads(settings, provider, usable_cores())
+        solo_threads = workers * threads if provider == CPU and workers > 1 else 0
+        fast = load_runner(artifact, role, provider, threads, solo_threads, RunsInProgress())
+        # attention probabilities are always computed in fp32 (the fp16 graph has no explicit softmax);
+        # its requests are few and heavy: one batch at a time on all the threads, one session's memory
+        attention = load_runner(artifact, ATTENTION, provider, workers * threads)
         log.info(
-            "runtime: provider %s, fast graph %s (%s), attention graph %s (%s), %d intra-op threads",
+            "runtime: provider %s, fast graph %s (%s), attention graph %s (%s), %d worker(s) x %d intra-op threads",
             fast.provider,
             fast.file,
             fast.precision,
             attention.file,
             attention.precision,
+            workers,
             threads,
         )
-        return cls(fast, attention, threads)
+        return cls(fast, attention, workers, threads)
 
     def warm_up(self, max_len: int) -> float:
         """Run each graph on short and long inputs so the first request pays no allocation."""
@@ -198,5 +281,9 @@ class Runtime:
         for runner in (self.fast, self.attention):
             for batch, length in ((1, 8), (4, min(max_len, 64)), (2, max_len)):
                 ids = np.full((batch, length), 100, dtype=np.int64)
-                runner.run(ids, np.ones_like(ids))
+                if runner.provider == CUDA:
+                    runner.run(ids, np.ones_like(ids))
+                    continue
+                for session in runner.sessions:
+                    runner.run_on(session, ids, np.ones_like(ids))
         return time.perf_counter() - started

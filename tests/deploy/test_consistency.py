@@ -131,9 +131,10 @@ def check_pod(pod_spec: dict, env: dict[str, str], routes: set[str], tmp_path: P
     key_file = PurePosixPath(env["MHASERVE_API_KEY_FILE"])
     assert "secret" in volumes[mounts[str(key_file.parent)]], "MHASERVE_API_KEY_FILE must lie in the Secret's mount"
 
-    # onnxruntime threads: at most the cores the pod asks for (0 would count the node's)
+    # onnxruntime threads, all workers together: at most the cores the pod asks for (0 would count
+    # the node's); workers left at auto count as 1, what an explicit --intra-op-threads implies
     cores = cpu_cores(container["resources"]["requests"]["cpu"])
-    assert 1 <= settings.intra_op_threads <= math.ceil(cores)
+    assert 1 <= settings.intra_op_threads * max(1, settings.inference_workers) <= math.ceil(cores)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

@@ -5,8 +5,9 @@ just before, over REST, gRPC and KServe at once; every answer is checked against
 onnxruntime. The queue is sized to about two seconds of work (max_queue_tokens), so what is
 accepted finishes well within its deadline and the rest is refused at once with 429.
 The load generator shares the machine's cores with the server, so the server runs as an
-overload-hardened CPU deployment does: one core is left to the serving loop (intra-op threads =
-cores - 1), whose refusals then never take compute from accepted work (README, "Overload").
+overload-hardened CPU deployment does: one core is left to the serving loop (one inference
+worker with intra-op threads = cores - 1), whose refusals then never take compute from
+accepted work (README, "Overload").
 The 4-second burst runs in `make test`; the 60-second burst (then SIGTERM during a second burst)
 and the 10-minute soak are `slow` and run by `make test-reliability`.
 """
@@ -41,7 +42,8 @@ DEADLINE_S = 10.0
 def overloaded_server(queue_tokens: int = QUEUE_TOKENS) -> ServerProcess:
     return launch(
         "--max-queue-tokens", str(queue_tokens), "--request-timeout-s", str(DEADLINE_S),
-        "--shutdown-grace-s", str(GRACE_S), "--intra-op-threads", str(max(1, usable_cores() - 1)),
+        "--shutdown-grace-s", str(GRACE_S),
+        "--inference-workers", "1", "--intra-op-threads", str(max(1, usable_cores() - 1)),
     )  # fmt: skip
 
 

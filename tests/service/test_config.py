@@ -32,6 +32,7 @@ def test_lists_and_booleans_parse_from_strings():
         ({"max_queue_tokens": "0"}, {}, "--max-queue-tokens must be positive"),
         ({"api_key_file": "/nonexistent/keys"}, {}, "--api-key-file: /nonexistent/keys not found"),
         ({"inference_nice": "20"}, {}, "--inference-nice must be 0..19"),
+        ({"inference_workers": "-1"}, {}, "--inference-workers and --intra-op-threads must be >= 0"),
     ],
 )
 def test_bad_settings_are_named(cli, environ, says):
