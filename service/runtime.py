@@ -215,7 +215,8 @@ def load_runner(
     runs: RunsInProgress | None = None,
 ) -> GraphRunner:
     """The graph's session with `threads` intra-op threads, and with solo_threads > threads a
-    second one for runs that start alone (the weights are loaded twice: ~90 MB for MiniLM fp32)."""
+    second one for runs that start alone (a second copy of the weights and their prepacked
+    forms: ~130 MB more resident for MiniLM fp32)."""
     spec = artifact.manifest.graphs[role]
     path = artifact.graph_path(role)
     providers = [(CUDA, {"device_id": 0}), CPU] if provider == CUDA else [CPU]
