@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
@@ -116,16 +116,12 @@ class GraphRunner:
     session: ort.InferenceSession
     output_names: tuple[str, ...]
     solo: ort.InferenceSession | None = None
-    runs: RunsInProgress | None = None
-
-    @property
-    def sessions(self) -> list[ort.InferenceSession]:
-        return [self.session] if self.solo is None else [self.session, self.solo]
+    runs: RunsInProgress = field(default_factory=RunsInProgress, repr=False)
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
         if self.provider == CUDA:
             return self._run_bound(input_ids, attention_mask)
-        if self.solo is None or self.runs is None:
+        if self.solo is None:
             return self.run_on(self.session, input_ids, attention_mask)
         with self.runs.enter() as alone:
             return self.run_on(self.solo if alone else self.session, input_ids, attention_mask)
@@ -212,7 +208,6 @@ def load_runner(
     provider: str,
     threads: int,
     solo_threads: int = 0,
-    runs: RunsInProgress | None = None,
 ) -> GraphRunner:
     """The graph's session with `threads` intra-op threads, and with solo_threads > threads a
     second one for runs that start alone (a second copy of the weights and their prepacked
@@ -237,7 +232,7 @@ def load_runner(
     missing = [name for name in spec.outputs if name not in names]
     if missing:
         raise ArtifactError(f"{path}: output {missing[0]!r} named in the manifest is not in the graph")
-    return GraphRunner(role, spec.file, spec.precision, actual, session, spec.outputs, solo, runs)
+    return GraphRunner(role, spec.file, spec.precision, actual, session, spec.outputs, solo)
 
 
 @dataclass
@@ -260,7 +255,7 @@ class Runtime:
         provider, role = choose_placement(artifact, settings)
         workers, threads = compute_threads(settings, provider, usable_cores())
         solo_threads = workers * threads if provider == CPU and workers > 1 else 0
-        fast = load_runner(artifact, role, provider, threads, solo_threads, RunsInProgress())
+        fast = load_runner(artifact, role, provider, threads, solo_threads)
         # attention probabilities are always computed in fp32 (the fp16 graph has no explicit softmax);
         # its requests are few and heavy: one batch at a time on all the threads, one session's memory
         attention = load_runner(artifact, ATTENTION, provider, workers * threads)
@@ -282,9 +277,7 @@ class Runtime:
         for runner in (self.fast, self.attention):
             for batch, length in ((1, 8), (4, min(max_len, 64)), (2, max_len)):
                 ids = np.full((batch, length), 100, dtype=np.int64)
-                if runner.provider == CUDA:
-                    runner.run(ids, np.ones_like(ids))
-                    continue
-                for session in runner.sessions:
-                    runner.run_on(session, ids, np.ones_like(ids))
+                runner.run(ids, np.ones_like(ids))  # a lone batch's path: IO binding, or the solo session
+                if runner.solo is not None:
+                    runner.run_on(runner.session, ids, np.ones_like(ids))  # and the path of one beside another
         return time.perf_counter() - started

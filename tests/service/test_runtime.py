@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service.config import load_settings
-from service.runtime import CPU, CUDA, GraphRunner, RunsInProgress, compute_threads
+from service.runtime import CPU, CUDA, GraphRunner, compute_threads
 
 
 class FakeSession:
@@ -28,7 +28,7 @@ class FakeSession:
 
 
 def runner(session: FakeSession, solo: FakeSession) -> GraphRunner:
-    return GraphRunner("fast", "fast.onnx", "fp32", CPU, session, ("last_hidden_state",), solo, RunsInProgress())
+    return GraphRunner("fast", "fast.onnx", "fp32", CPU, session, ("last_hidden_state",), solo)
 
 
 def test_a_batch_that_starts_alone_gets_every_core_and_one_beside_it_gets_its_share():
