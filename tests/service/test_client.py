@@ -130,12 +130,10 @@ def test_api_keys_and_deadlines_raise_typed_errors(guarded):
             assert keyed.embed("x", timeout_s=10).embeddings.shape == (1, 384)
 
 
-def test_the_readme_python_examples_run_against_a_real_server(server):
-    """The stub, typed-client and tritonclient examples of the README, each in a fresh interpreter."""
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## gRPC and KServe v2") :]
-    section = section[: section.index("\n## ", 1)]
-    examples = re.findall(r"```python\n(.*?)```", section, re.S)
+def test_the_grpc_docs_python_examples_run_against_a_real_server(server):
+    """The stub, typed-client and tritonclient examples of docs/grpc.md, each in a fresh interpreter."""
+    page = (REPO / "docs" / "grpc.md").read_text()
+    examples = re.findall(r"```python\n(.*?)```", page, re.S)
     assert len(examples) == 3
     for example in examples:
         code = example.replace("localhost:50051", server.grpc_target).replace("http://localhost:8000", server.url)
