@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from model.errors import ModelError
-from service.errors import ArtifactError
+from artifact.manifest import ArtifactError
 
 DEFAULT_NAME = "all-minilm-l6-v2"
 DEFAULT_OUT = Path("artifacts") / DEFAULT_NAME
@@ -59,7 +59,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from tokenizers import Tokenizer
 
     from model.evaluate import OrtEmbedder
-    from service.artifact import FAST, Artifact
+    from artifact.manifest import FAST, Artifact
 
     artifact = Artifact.load(Path(args.directory))
     tokenizer = Tokenizer.from_file(str(artifact.tokenizer_path))

@@ -16,9 +16,9 @@ from tokenizers import Tokenizer
 
 from model.data import read_sts, sts_dir, unique_sentences
 from model.errors import ModelError
-from service.artifact import ATTENTION_MASK, FAST, FAST_FP16, FAST_INT8, INPUT_IDS, Artifact
-from service.pooling import l2_normalize, pad_batch, pool
-from service.runtime import cuda_usable
+from artifact.manifest import ATTENTION_MASK, FAST, FAST_FP16, FAST_INT8, INPUT_IDS, Artifact
+from artifact.pooling import l2_normalize, pad_batch, pool
+from artifact.hardware import cuda_usable
 
 PUBLISHED_STS_TEST = 82.03  # all-MiniLM-L6-v2, Spearman x100, cosine of mean-pooled embeddings
 

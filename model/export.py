@@ -32,7 +32,7 @@ from model.data import sts_dir
 from model.encoder import Encoder
 from model.errors import ModelError
 from model.tokenizer import load_tokenizer
-from service.artifact import (
+from artifact.manifest import (
     ATTENTION,
     ATTENTION_MASK,
     ATTENTION_PROBS,

@@ -46,8 +46,8 @@ from model.evaluate import spearman
 from model.export import ExportOptions, export_artifact
 from model.tokenizer import SPECIAL_TOKENS, checkpoint_max_len, load_tokenizer, train_wordpiece
 from model.weights import NATIVE_CONFIG, NATIVE_WEIGHTS, default_checkpoint_dir, load_checkpoint, save_native
-from service.artifact import Artifact, sha256_of
-from service.pooling import pad_batch
+from artifact.manifest import Artifact, sha256_of
+from artifact.pooling import pad_batch
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ import logging
 import sys
 
 from service.config import SettingsError, add_arguments, load_settings
+from artifact.manifest import ArtifactError
 from service.errors import MhaserveError
 
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(serve(settings))
-    except MhaserveError as exc:  # expected failures: one line, no traceback
+    except (MhaserveError, ArtifactError) as exc:  # expected failures: one line, no traceback
         logging.getLogger("mhaserve").error("%s", exc)
         return 2
     except OSError as exc:

@@ -24,12 +24,6 @@ class MhaserveError(Exception):
         return self.message
 
 
-class ArtifactError(MhaserveError):
-    """A model directory that is missing, incomplete, corrupt or of the wrong format."""
-
-    type = "artifact_error"
-
-
 class InvalidRequest(MhaserveError):
     http_status = 422
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT

@@ -13,7 +13,7 @@ BATCH_TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768)
 RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 TRANSPORTS = ("http", "grpc")
 ERROR_TYPES = tuple(
-    cls.type for cls in (MhaserveError, *MhaserveError.__subclasses__()) if cls.type not in ("artifact_error",)
+    cls.type for cls in (MhaserveError, *MhaserveError.__subclasses__())
 )
 
 

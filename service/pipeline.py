@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from service.artifact import Artifact, Manifest
+from artifact.manifest import Artifact, Manifest
 from service.auth import ApiKeys
 from service.batcher import Batcher, BatchStats, Job, Sequence
 from service.config import Settings
@@ -30,7 +30,7 @@ from service.errors import (
     PayloadTooLarge,
 )
 from service.metrics import Metrics
-from service.pooling import mean_pool, pad_batch
+from artifact.pooling import mean_pool, pad_batch
 from service.runtime import GraphRunner, Runtime, lower_thread_priority
 from service.types import (
     AttentionSelection,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import logging
 import os
 import sys
@@ -17,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
-from service.artifact import (
+from artifact.hardware import cuda_usable
+from artifact.manifest import (
     ATTENTION,
     ATTENTION_MASK,
     FAST,
@@ -25,32 +24,11 @@ from service.artifact import (
     FAST_INT8,
     INPUT_IDS,
     Artifact,
+    ArtifactError,
 )
 from service.config import Settings
-from service.errors import ArtifactError
 
 log = logging.getLogger(__name__)
-
-
-@functools.cache
-def cuda_usable() -> bool:
-    """True only when the CUDA driver loads and reports a device.
-
-    onnxruntime-gpu lists CUDAExecutionProvider as available even on a machine with no GPU,
-    and asking for it there prints a provider error; the driver itself is the honest test.
-    """
-    for name in ("libcuda.so.1", "libcuda.so"):
-        try:
-            driver = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    else:
-        return False
-    count = ctypes.c_int(0)
-    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
-        return False
-    return count.value > 0
 
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"

@@ -20,8 +20,8 @@ import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
 
-from service.artifact import ATTENTION, FAST, Artifact
-from service.pooling import pad_batch, pool
+from artifact.manifest import ATTENTION, FAST, Artifact
+from artifact.pooling import pad_batch, pool
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACT = REPO / "artifacts" / "all-minilm-l6-v2"

@@ -10,9 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
-from service.artifact import Artifact
+from artifact.manifest import Artifact
 from service.config import load_settings
-from service.pooling import l2_normalize, pad_batch
+from artifact.pooling import l2_normalize, pad_batch
 from service.runtime import CUDA, Runtime, cuda_usable
 from tests.conftest import ARTIFACT
 

@@ -12,8 +12,8 @@ import onnx
 import pytest
 
 from model.evaluate import evaluate
-from service.artifact import FAST, FAST_FP16, Artifact
-from service.errors import ArtifactError
+from artifact.manifest import FAST, FAST_FP16, Artifact
+from artifact.manifest import ArtifactError
 from tests.conftest import ARTIFACT, REPO
 
 SMALL_FILES = ("manifest.json", "tokenizer.json")

@@ -23,7 +23,7 @@ from model.evaluate import OrtEmbedder
 from model.tokenizer import checkpoint_max_len
 from model.train import cosent_loss, cosine_loss, embed, in_batch_negatives_loss, sts_spearman
 from model.weights import load_checkpoint
-from service.artifact import ATTENTION, FAST, Artifact, sha256_of
+from artifact.manifest import ATTENTION, FAST, Artifact, sha256_of
 from tests.conftest import REPO, launch
 
 SUBJECTS = ["a man", "a woman", "the child", "a dog", "the cat", "a chef", "the girl", "an old farmer"]

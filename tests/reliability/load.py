@@ -21,7 +21,7 @@ import grpc
 import numpy as np
 
 from protos.mhaserve.v1 import encoder_pb2 as pb
-from service.pooling import l2_normalize, mean_pool, pad_batch
+from artifact.pooling import l2_normalize, mean_pool, pad_batch
 from tests.conftest import REPO, Reference, ServerProcess
 
 MODEL = "all-minilm-l6-v2"

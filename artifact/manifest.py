@@ -12,7 +12,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.errors import ArtifactError
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -26,6 +25,16 @@ REQUIRED_GRAPHS = (FAST, ATTENTION)
 
 INPUT_IDS, ATTENTION_MASK = "input_ids", "attention_mask"
 HIDDEN_STATES, ATTENTION_PROBS = "last_hidden_state", "attention_probs"
+
+
+class ArtifactError(ValueError):
+    """A model directory that is missing, incomplete, corrupt or of the wrong format.
+
+    The message names the file and the problem."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
 
 
 @dataclass(frozen=True)
