@@ -111,10 +111,10 @@ test: model system-deps
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
-# The side-by-side benchmark (tests/bench, not collected by make test): one table, ratios
+# The side-by-side benchmark (bench/, not part of make test): one table, ratios
 # to the in-process limit measured in the same run, JSON in bench-results/.
 bench: model
-	$(PY) -m tests.bench
+	$(PY) -m bench
 
 # The reliability suite: its fast tests (also in `make test`) and the long ones (a 60 s burst at 3x
 # capacity then SIGTERM mid-burst, a 10-minute soak), then the table of everything it sent.

@@ -14,46 +14,88 @@ from dataclasses import dataclass
 import orjson
 
 
-class HttpConnection:
-    def __init__(self, host: str, port: int):
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
+class RawHttp:
+    """A minimal HTTP/1.1 client with a keep-alive pool: POST a JSON body, read the status, the
+    headers and a Content-Length body.
 
-    async def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        try:
-            return await asyncio.wait_for(self._exchange(path, body, headers), 120)
-        except (ConnectionError, asyncio.IncompleteReadError, IndexError, ValueError):
-            # the server closed an idle keep-alive connection: reconnect once and resend
-            self.close()
-            return await asyncio.wait_for(self._exchange(path, body, headers), 120)
+    httpx spends milliseconds of CPU per request in its pool at a few hundred concurrent
+    requests, which would measure the client, not the server.
+    """
 
-    async def _exchange(self, path: str, body: bytes, headers: dict[str, str] | None) -> tuple[int, bytes]:
-        if self.writer is None or self.reader is None or self.reader.at_eof() or self.writer.is_closing():
-            self.close()
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    def __init__(self, host: str, port: int, patience_s: float = 120.0):
+        self.host, self.port, self.patience_s = host, port, patience_s
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.open: set[asyncio.StreamWriter] = set()
+
+    async def post(self, path: str, body: object) -> tuple[int, dict[str, str], bytes]:
+        payload = orjson.dumps(body)
         head = (
             f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\n{extra}\r\n"
-        )
-        self.writer.write(head.encode() + body)
-        status_line = await self.reader.readline()
-        status = int(status_line.split()[1])
-        length = 0
-        while True:
-            line = await self.reader.readline()
-            if line in (b"\r\n", b""):
-                break
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        return status, await self.reader.readexactly(length)
+            f"content-length: {len(payload)}\r\n\r\n"
+        ).encode()
+        return await asyncio.wait_for(self._exchange(head + payload), self.patience_s)
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
+    async def _exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
+        reused = bool(self.idle)
+        reader, writer = self.idle.pop() if reused else await self._connect()
+        try:
+            writer.write(request)
+            try:
+                status_line = await reader.readline()
+            except ConnectionResetError:
+                status_line = b""
+            if not status_line and reused:
+                # the server closed this idle keep-alive connection before reading the request (it
+                # does at shutdown): nothing was accepted, so send it again on a new connection, as
+                # HTTP clients do
+                self._close(writer)
+                return await self._fresh_exchange(request)
+            status, headers, body = await self._read_response(reader, status_line)
+        except BaseException:
+            self._close(writer)
+            raise
+        if headers.get("connection", "").lower() == "close":
+            self._close(writer)
+        else:
+            self.idle.append((reader, writer))
+        return status, headers, body
+
+    async def _fresh_exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
+        reader, writer = await self._connect()
+        try:
+            writer.write(request)
+            status, headers, body = await self._read_response(reader, await reader.readline())
+        except BaseException:
+            self._close(writer)
+            raise
+        self.idle.append((reader, writer))
+        return status, headers, body
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        self.open.add(writer)
+        return reader, writer
+
+    @staticmethod
+    async def _read_response(reader: asyncio.StreamReader, status_line: bytes) -> tuple[int, dict[str, str], bytes]:
+        if not status_line:
+            raise ConnectionResetError("connection closed before a response")
+        status = int(status_line.split()[1])
+        headers = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        return status, headers, body
+
+    def _close(self, writer: asyncio.StreamWriter) -> None:
+        self.open.discard(writer)
+        writer.close()
+
+    async def close(self) -> None:
+        for writer in list(self.open):
+            self._close(writer)
+        self.idle.clear()
 
 
 @dataclass
@@ -129,10 +171,10 @@ async def open_loop(make_call: Callable[[], Call], texts: list[str], rate: float
 
 def rest_call(host: str, port: int) -> Callable[[], Call]:
     def make() -> Call:
-        connection = HttpConnection(host, port)
+        connection = RawHttp(host, port)
 
         async def call(texts: list[str]) -> int:
-            status, body = await connection.post("/v1/embed", orjson.dumps({"inputs": texts}))
+            status, _, body = await connection.post("/v1/embed", {"inputs": texts})
             if status != 200:
                 raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
             return orjson.loads(body)["usage"]["tokens"]
@@ -144,11 +186,11 @@ def rest_call(host: str, port: int) -> Callable[[], Call]:
 
 def kserve_rest_call(host: str, port: int, model: str) -> Callable[[], Call]:
     def make() -> Call:
-        connection = HttpConnection(host, port)
+        connection = RawHttp(host, port)
 
         async def call(texts: list[str]) -> int:
             request = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}
-            status, body = await connection.post(f"/v2/models/{model}/infer", orjson.dumps(request))
+            status, _, body = await connection.post(f"/v2/models/{model}/infer", request)
             if status != 200:
                 raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
             return len(texts)  # KServe has no usage field; tokens are counted from the corpus

@@ -1,6 +1,6 @@
 """Two server configurations side by side, interleaved: which is faster, measured in one run.
 
-    python -m tests.bench.compare --a "--inference-workers 1" --b "" [--rounds 4]
+    python -m bench.compare --a "--inference-workers 1" --b "" [--rounds 4]
 
 Both servers run at once (one idle while the other is measured) and the rounds alternate
 between them, so drift on a shared machine hits both alike. Per configuration: REST and gRPC
@@ -18,16 +18,16 @@ import statistics
 import sys
 import time
 
-from tests.bench.__main__ import batches_of, grpc_call
-from tests.bench.corpus import corpus, short_sentence
-from tests.bench.loadgen import closed_loop, rest_call
-from tests.conftest import launch
+from bench.__main__ import batches_of, grpc_call
+from bench.corpus import corpus, short_sentence
+from bench.loadgen import closed_loop, rest_call
+from bench.server import launch
 
 LOADS = (("single sentences, concurrency 64", 1, 64), ("client batches of 32, concurrency 8", 32, 8))
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.compare", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__)
     parser.add_argument("--a", default="", help="mhaserve serve flags of configuration A, as one string")
     parser.add_argument("--b", default="", help="mhaserve serve flags of configuration B, as one string")
     parser.add_argument("--rounds", type=int, default=4)

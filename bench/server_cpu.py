@@ -1,10 +1,10 @@
 """Server CPU seconds for a fixed workload: a measure of overhead that other load can't skew.
 
-    python -m tests.bench.server_cpu [mhaserve serve flags...]
+    python -m bench.server_cpu [mhaserve serve flags...]
 
 Wall-clock throughput on a shared machine moves with whatever else runs; the CPU time the
 server process spends on the same requests does not. Used to choose the batcher's padding
-bound (service/batcher.py MAX_PADDING_SHARE) and to compare batching on and off.
+bound (MAX_PADDING_SHARE) and to compare batching on and off.
 """
 
 from __future__ import annotations
@@ -16,11 +16,18 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.bench.__main__ import batches_of
-from tests.bench.corpus import corpus
-from tests.bench.loadgen import closed_loop, rest_call
-from tests.conftest import launch, metric_value
+from bench.__main__ import batches_of
+from bench.corpus import corpus
+from bench.loadgen import closed_loop, rest_call
+from bench.server import launch
+
+
+def batch_totals(metrics_text: str) -> tuple[float, float]:
+    """(batches run, padded tokens computed) so far, from the server's histograms."""
+    values = {s.name: s.value for f in text_string_to_metric_families(metrics_text) for s in f.samples}
+    return values["mhaserve_batch_size_count"], values["mhaserve_batch_tokens_sum"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -35,16 +42,11 @@ def main() -> int:
         make = rest_call("127.0.0.1", server.http_port)
         asyncio.run(closed_loop(make, batches_of(texts[:100], 1), 64))  # warm up
         for size, concurrency in ((1, 64), (32, 8)):
-            before = httpx.get(server.url + "/metrics").text
+            before = batch_totals(httpx.get(server.url + "/metrics").text)
             cpu, started = cpu_seconds(server.process.pid), time.perf_counter()
             outcome = asyncio.run(closed_loop(make, batches_of(texts, size), concurrency))
-            after = httpx.get(server.url + "/metrics").text
-            batches = metric_value(after, "mhaserve_batch_size_count") - metric_value(
-                before, "mhaserve_batch_size_count"
-            )
-            padded = metric_value(after, "mhaserve_batch_tokens_sum") - metric_value(
-                before, "mhaserve_batch_tokens_sum"
-            )
+            after = batch_totals(httpx.get(server.url + "/metrics").text)
+            batches, padded = after[0] - before[0], after[1] - before[1]
             print(
                 f"{size} text(s) per request, concurrency {concurrency}: server CPU "
                 f"{cpu_seconds(server.process.pid) - cpu:.1f} s, wall {time.perf_counter() - started:.1f} s, "
