@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from artifact.manifest import Artifact
-from service.config import load_settings
 from artifact.pooling import l2_normalize, pad_batch
+from service.config import load_settings
 from service.runtime import CUDA, Runtime, cuda_usable
-from tests.conftest import ARTIFACT
+from tests.support.server import ARTIFACT
 
 pytestmark = [
     pytest.mark.gpu,

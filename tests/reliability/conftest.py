@@ -1,10 +1,9 @@
-"""Fixtures of the reliability suite: certificates made on the spot, and raw-socket helpers."""
+"""Fixtures of the reliability suite: certificates made on the spot."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,16 +91,3 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     stranger_ca, other_cert, other_key = _issue(directory, "stranger-ca", "another CA", None, is_ca=True)
     stranger, _, _ = _issue(directory, "stranger", "stranger", (other_cert, other_key))
     return Certificates(ca, server, client, stranger_ca, stranger)
-
-
-def raw_request(port: int, request: bytes, timeout_s: float = 10.0) -> bytes:
-    """Send bytes on a fresh connection and read until the server closes it (or the timeout)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
-        sock.sendall(request)
-        chunks = []
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except TimeoutError:
-            pass
-        return b"".join(chunks)

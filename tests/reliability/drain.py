@@ -8,8 +8,8 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import ServerProcess
 from tests.reliability.load import CLOSED, Outcome
+from tests.support.server import ServerProcess
 
 GRACE_S = 15.0
 

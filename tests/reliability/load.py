@@ -8,7 +8,6 @@ graph), an explicit refusal (429 / 503 / 504 or their gRPC codes), another error
 from __future__ import annotations
 
 import asyncio
-import base64
 import gc
 import json
 import threading
@@ -20,9 +19,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from protos.mhaserve.v1 import encoder_pb2 as pb
 from artifact.pooling import l2_normalize, mean_pool, pad_batch
-from tests.conftest import REPO, Reference, ServerProcess
+from protos.mhaserve.v1 import encoder_pb2 as pb
+from tests.support.decode import decode_float32
+from tests.support.http import RawHttp
+from tests.support.prometheus import samples
+from tests.support.reference import Reference
+from tests.support.server import REPO, ServerProcess
 
 MODEL = "all-minilm-l6-v2"
 TRANSPORTS = ("rest", "grpc", "kserve")
@@ -66,90 +69,6 @@ class Outcome:
     sent_at: float = 0.0  # time.monotonic() when it was sent
 
 
-class RawHttp:
-    """A minimal HTTP/1.1 client with a keep-alive pool, for load.
-
-    httpx spends milliseconds of CPU per request in its pool at a few hundred concurrent
-    requests, which would measure the client, not the server; this does only what the
-    load needs: POST a JSON body, read status, headers and a Content-Length body.
-    """
-
-    def __init__(self, host: str, port: int, patience_s: float):
-        self.host, self.port, self.patience_s = host, port, patience_s
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        self.open: set[asyncio.StreamWriter] = set()
-
-    async def post(self, path: str, body: object) -> tuple[int, dict[str, str], bytes]:
-        payload = json.dumps(body).encode()
-        head = (
-            f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(payload)}\r\n\r\n"
-        ).encode()
-        return await asyncio.wait_for(self._exchange(head + payload), self.patience_s)
-
-    async def _exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
-        reused = bool(self.idle)
-        reader, writer = self.idle.pop() if reused else await self._connect()
-        try:
-            writer.write(request)
-            try:
-                status_line = await reader.readline()
-            except ConnectionResetError:
-                status_line = b""
-            if not status_line and reused:
-                # the server closed this idle keep-alive connection before reading the request (it
-                # does at shutdown): nothing was accepted, so send it again on a new connection, as
-                # HTTP clients do
-                self._close(writer)
-                return await self._fresh_exchange(request)
-            status, headers, body = await self._read_response(reader, status_line)
-        except BaseException:
-            self._close(writer)
-            raise
-        if headers.get("connection", "").lower() == "close":
-            self._close(writer)
-        else:
-            self.idle.append((reader, writer))
-        return status, headers, body
-
-    async def _fresh_exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
-        reader, writer = await self._connect()
-        try:
-            writer.write(request)
-            status, headers, body = await self._read_response(reader, await reader.readline())
-        except BaseException:
-            self._close(writer)
-            raise
-        self.idle.append((reader, writer))
-        return status, headers, body
-
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        reader, writer = await asyncio.open_connection(self.host, self.port)
-        self.open.add(writer)
-        return reader, writer
-
-    @staticmethod
-    async def _read_response(reader: asyncio.StreamReader, status_line: bytes) -> tuple[int, dict[str, str], bytes]:
-        if not status_line:
-            raise ConnectionResetError("connection closed before a response")
-        status = int(status_line.split()[1])
-        headers = {}
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-        return status, headers, body
-
-    def _close(self, writer: asyncio.StreamWriter) -> None:
-        self.open.discard(writer)
-        writer.close()
-
-    async def close(self) -> None:
-        for writer in list(self.open):
-            self._close(writer)
-        self.idle.clear()
-
-
 class Senders:
     """One embed call per transport, each returning an Outcome; never raises."""
 
@@ -187,7 +106,7 @@ class Senders:
         if status != 200:
             return str(status), None, refusal_detail(headers, body)
         data = json.loads(body)["embeddings"][0]
-        return "200", np.frombuffer(base64.b64decode(data), dtype="<f4"), ""
+        return "200", decode_float32(data), ""
 
     async def _grpc(self, text: str) -> tuple[str, np.ndarray | None, str]:
         try:
@@ -328,10 +247,9 @@ def summarise(scenario: str, outcomes: list[Outcome], reference: Reference, atol
 def summary_from_metrics(scenario: str, metrics_text: str) -> Summary:
     """A table row from the server's own request counter: every request it answered, by code."""
     codes: Counter[str] = Counter()
-    for line in metrics_text.splitlines():
-        if line.startswith("mhaserve_requests_total{"):
-            code = line.split('code="')[1].split('"')[0]
-            codes[GRPC_NAMES.get(code, code)] += int(float(line.rpartition(" ")[2]))
+    for sample in samples(metrics_text, "mhaserve_requests_total"):
+        code = sample.labels["code"]
+        codes[GRPC_NAMES.get(code, code)] += int(sample.value)
     refused = {code: codes[code] for code in REFUSALS if codes[code]}
     server_errors = sum(n for code, n in codes.items() if code[0] == "5" and code not in REFUSALS)
     other = {c: n for c, n in codes.items() if c[0] == "4" and c not in REFUSALS}

@@ -11,15 +11,12 @@ import grpc
 import httpx
 
 from protos.mhaserve.v1 import encoder_pb2 as pb
-from tests.conftest import metric_value
 from tests.reliability.load import MODEL, Senders, summarise
+from tests.support.http import scrape
+from tests.support.prometheus import metric_value
 
 LONG = "A considerably longer sentence that goes on and on, so that every batch takes a while. " * 8
 BLOCKERS = 160  # one sequence per batch: the queue drains for seconds, even on a fast quiet machine
-
-
-def metrics(server) -> str:
-    return httpx.get(server.url + "/metrics", timeout=10).text
 
 
 async def metrics_async(client: httpx.AsyncClient) -> str:
@@ -61,7 +58,7 @@ async def cancel_grpc_call(target: str, text: str, after_s: float) -> None:
 
 def test_abandoned_requests_are_dropped_before_inference_and_the_rest_are_answered(start_server, reference):
     server = start_server("--max-batch-size", "1", "--max-wait-ms", "0")
-    before = metrics(server)
+    before = scrape(server)
 
     async def scenario():
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
@@ -92,10 +89,10 @@ def test_abandoned_requests_are_dropped_before_inference_and_the_rest_are_answer
         assert response.status_code == 504 and response.json()["error"]["type"] == "deadline_exceeded"
     assert [o.status for o in patient] == ["200"] * 6
     assert summarise("abandoned", patient, reference).correct == 6
-    while metric_value(metrics(server), "mhaserve_queue_depth") > 0:
+    while metric_value(scrape(server), "mhaserve_queue_depth") > 0:
         assert time.monotonic() - started < 120
         time.sleep(0.2)
-    after = metrics(server)
+    after = scrape(server)
     assert dropped(after, "cancelled") - dropped(before, "cancelled") == 16  # 8 REST + 4 KServe + 4 gRPC
     assert dropped(after, "deadline") - dropped(before, "deadline") == 4
     # only the blocker's sequences and the patient requests were computed

@@ -20,8 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protos.mhaserve.v1 import encoder_pb2 as pb
-from tests.conftest import launch
 from tests.reliability.load import summary_from_metrics
+from tests.support.http import scrape
+from tests.support.server import launch
 
 MODEL = "all-minilm-l6-v2"
 LIMIT = 64 * 1024  # the bad-input server's max_request_bytes
@@ -65,7 +66,7 @@ WRONG_TYPES = [
 def strict():
     server = launch("--max-request-bytes", str(LIMIT))
     yield server
-    metrics = httpx.get(server.url + "/metrics", timeout=10).text
+    metrics = scrape(server)
     server.stop()
     summary_from_metrics("hostile input (this module's cases and schemathesis)", metrics).record()
 

@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import launch, metric_value
 from tests.reliability.load import Senders, summarise
+from tests.support.http import scrape
+from tests.support.prometheus import metric_value, samples
+from tests.support.server import launch
 
 FAULT = "please fail this batch"
 
@@ -34,17 +36,12 @@ def faulty():
 
 
 def failed_count(server) -> float:
-    return metric_value(httpx.get(server.url + "/metrics").text, "mhaserve_errors_total", {"type": "inference_failed"})
+    return metric_value(scrape(server), "mhaserve_errors_total", {"type": "inference_failed"})
 
 
 def embed_requests(server) -> float:
     """Every /v1/embed request answered, whatever its code."""
-    lines = httpx.get(server.url + "/metrics").text.splitlines()
-    return sum(
-        float(line.rpartition(" ")[2])
-        for line in lines
-        if line.startswith("mhaserve_requests_total{") and 'route="/v1/embed"' in line
-    )
+    return sum(sample.value for sample in samples(scrape(server), "mhaserve_requests_total", {"route": "/v1/embed"}))
 
 
 def grpc_health(server) -> int:

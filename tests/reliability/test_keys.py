@@ -11,7 +11,7 @@ import grpc
 import httpx
 import pytest
 
-from tests.conftest import REPO, launch
+from tests.support.server import REPO, launch
 
 MODEL = "all-minilm-l6-v2"
 FILE_KEYS = (f"file-key-{secrets.token_hex(8)}", f"file-key-{secrets.token_hex(8)}")

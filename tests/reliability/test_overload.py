@@ -18,11 +18,9 @@ import asyncio
 import signal
 import time
 
-import httpx
 import pytest
 
 from service.runtime import usable_cores
-from tests.conftest import ServerProcess, launch, metric_value
 from tests.reliability.drain import GRACE_S, check_drain, health_until_stopped
 from tests.reliability.load import (
     RssSampler,
@@ -34,6 +32,9 @@ from tests.reliability.load import (
     rss_mb,
     summarise,
 )
+from tests.support.http import scrape
+from tests.support.prometheus import metric_value
+from tests.support.server import ServerProcess, launch
 
 QUEUE_TOKENS = 4096  # ~2 s of work for one-sentence requests on 2 CPU cores
 DEADLINE_S = 10.0
@@ -50,7 +51,7 @@ def overloaded_server(queue_tokens: int = QUEUE_TOKENS) -> ServerProcess:
 def wait_for_empty_queue(server: ServerProcess, timeout_s: float = 30) -> str:
     deadline = time.monotonic() + timeout_s
     while True:
-        metrics = httpx.get(server.url + "/metrics", timeout=10).text
+        metrics = scrape(server)
         if (
             metric_value(metrics, "mhaserve_queue_depth") == 0
             and metric_value(metrics, "mhaserve_inflight_requests") == 0

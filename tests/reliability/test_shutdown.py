@@ -13,9 +13,9 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import ServerProcess, launch
 from tests.reliability.drain import GRACE_S, check_drain, health_until_stopped
 from tests.reliability.load import Senders, measure_capacity, open_loop, summarise
+from tests.support.server import ServerProcess, launch
 
 
 def sigterm_during_burst(server: ServerProcess, capacity_s: float, burst_s: float, sigterm_at_s: float) -> tuple:

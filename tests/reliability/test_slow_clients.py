@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from protos.mhaserve.v1 import encoder_pb2 as pb
-from tests.reliability.conftest import raw_request
+from tests.support.http import raw_request
 
 SLOWLORIS = 200
 NON_READERS = 200

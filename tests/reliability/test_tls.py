@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from protos.mhaserve.v1 import encoder_pb2 as pb
-from tests.conftest import ARTIFACT, REPO, ServerProcess, launch
+from tests.support.server import ARTIFACT, REPO, ServerProcess, launch
 
 TEXT = "Attention is all you need."
 EMBED = "/mhaserve.v1.Encoder/Embed"

@@ -13,7 +13,7 @@ import pytest
 from service import errors
 from service.client import Embeddings, GrpcClient, RestClient, embed_message
 from service.types import AttentionSelection
-from tests.conftest import REPO, launch
+from tests.support.server import REPO, launch
 
 KEY = "client-test-key"
 TEXTS = ["Attention is all you need.", "short", "A longer sentence, so the two inputs differ in length."]

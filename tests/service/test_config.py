@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from service.config import Settings, SettingsError, env_name, flag_name, load_settings
-from tests.conftest import REPO
+from tests.support.server import REPO
 
 
 def test_flag_beats_environment_beats_default():

@@ -7,7 +7,6 @@ import time
 from collections.abc import Iterator
 
 import grpc
-import httpx
 import numpy as np
 import pytest
 from google.protobuf import descriptor_pool
@@ -16,7 +15,11 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from protos.mhaserve.v1 import encoder_pb2 as pb
 from protos.mhaserve.v1 import encoder_pb2_grpc
-from tests.conftest import SENTENCES, launch, metric_value
+from tests.support.decode import decode_float32
+from tests.support.http import scrape
+from tests.support.prometheus import metric_value
+from tests.support.reference import SENTENCES
+from tests.support.server import launch
 
 MODEL = "all-minilm-l6-v2"
 KEY = "grpc-test-key"
@@ -30,11 +33,7 @@ def vector(embedding: pb.Embedding) -> np.ndarray:
 
 def array(tensor: pb.Tensor) -> np.ndarray:
     assert tensor.dtype == pb.DTYPE_FLOAT32
-    return np.frombuffer(tensor.data, dtype="<f4").reshape(tuple(tensor.shape))
-
-
-def metrics(server) -> str:
-    return httpx.get(server.url + "/metrics", timeout=10).text
+    return decode_float32(tensor.data, tensor.shape)
 
 
 def grpc_requests(text: str, route: str, code: str) -> float:
@@ -128,10 +127,10 @@ def test_get_model_info_describes_the_served_model(stub, artifact):
 def test_stream_answers_1000_requests_in_flight_each_matched_to_its_id(server, stub, reference):
     topics = ["guitars", "foxes", "attention", "rivers", "compilers", "tea", "chess", "volcanoes"]
     texts = {f"req-{i}": f"request {i} is about {topics[i % len(topics)]} and the number {i * 7}" for i in range(1000)}
-    before = metrics(server)
+    before = scrape(server)
     requests = [pb.EmbedRequest(id=i, inputs=[text], return_tokens=True) for i, text in texts.items()]
     answers = list(stub.EmbedStream(iter(requests), timeout=300))
-    after = metrics(server)
+    after = scrape(server)
 
     assert sorted(a.id for a in answers) == sorted(texts)
     for answer in answers:
@@ -199,12 +198,12 @@ def test_request_bytes_that_do_not_parse_are_invalid_argument_not_unknown(channe
 
 
 def test_calls_are_counted_with_transport_grpc(server, stub):
-    before = metrics(server)
+    before = scrape(server)
     stub.Embed(pb.EmbedRequest(inputs=["counted"]), timeout=30)
     stub.Tokenize(pb.TokenizeRequest(inputs=["counted"]), timeout=30)
     with pytest.raises(grpc.RpcError):
         stub.Embed(pb.EmbedRequest(), timeout=30)
-    after = metrics(server)
+    after = scrape(server)
     for route, code in [("Embed", "OK"), ("Tokenize", "OK"), ("Embed", "INVALID_ARGUMENT")]:
         assert grpc_requests(after, route, code) - grpc_requests(before, route, code) == 1, (route, code)
     errors = {"type": "invalid_request"}
@@ -319,12 +318,12 @@ def patient(artifact):
 def test_work_past_the_client_deadline_is_dropped_not_computed(patient):
     with grpc.insecure_channel(patient.grpc_target) as channel:
         stub = encoder_pb2_grpc.EncoderStub(channel)
-        before = metrics(patient)
+        before = scrape(patient)
         with pytest.raises(grpc.RpcError) as failure:
             stub.Embed(pb.EmbedRequest(inputs=["too slow for my deadline"]), timeout=0.5)
         assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         time.sleep(3.5)  # had it stayed queued, its batch would have left by now
-        after = metrics(patient)
+        after = scrape(patient)
     dropped = sum(
         metric_value(after, "mhaserve_dropped_sequences_total", {"reason": r})
         - metric_value(before, "mhaserve_dropped_sequences_total", {"reason": r})

@@ -5,7 +5,6 @@ Also: one input gives bit-identical embeddings over every transport the server s
 
 from __future__ import annotations
 
-import base64
 import json
 import struct
 import time
@@ -21,7 +20,10 @@ from tritonclient.utils import InferenceServerException
 
 from protos.mhaserve.v1 import encoder_pb2 as pb
 from protos.mhaserve.v1 import encoder_pb2_grpc
-from tests.conftest import launch, metric_value
+from tests.support.decode import decode_float32
+from tests.support.http import post, scrape
+from tests.support.prometheus import metric_value
+from tests.support.server import launch
 
 MODEL = "all-minilm-l6-v2"
 KEY = "kserve-test-key"
@@ -45,13 +47,9 @@ def text_input(module, texts: list[str], binary: bool = True):
 
 
 def rest_embed(server, body: dict) -> dict:
-    response = httpx.post(server.url + "/v1/embed", json={"encoding": "base64", **body}, timeout=60)
+    response = post(server, "/v1/embed", {"encoding": "base64", **body})
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def from_b64(data: str, shape) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(data), dtype="<f4").reshape(shape)
 
 
 def response_json(result) -> dict:
@@ -89,7 +87,7 @@ def test_tritonclient_infer_returns_the_same_embeddings_as_rest(server, client):
     embedding = result.as_numpy("embedding")
     assert embedding.dtype == np.float32 and embedding.shape == (len(SENTENCES), 384)
     rest = rest_embed(server, {"inputs": SENTENCES})
-    np.testing.assert_array_equal(embedding, np.stack([from_b64(v, [384]) for v in rest["embeddings"]]))
+    np.testing.assert_array_equal(embedding, np.stack([decode_float32(v, [384]) for v in rest["embeddings"]]))
     assert result.as_numpy("token_embeddings") is None  # only asked-for outputs come back
 
 
@@ -110,10 +108,10 @@ def test_padded_token_embeddings_and_attention_with_lengths(server, client):
     )
     for i, n in enumerate(lengths):
         expected = rest["token_embeddings"][i]
-        np.testing.assert_array_equal(token_embeddings[i, :n], from_b64(expected["data"], expected["shape"]))
+        np.testing.assert_array_equal(token_embeddings[i, :n], decode_float32(expected["data"], expected["shape"]))
         assert not token_embeddings[i, n:].any()
         expected = rest["attention"][i]
-        np.testing.assert_array_equal(attention[i, :, :, :n, :n], from_b64(expected["data"], expected["shape"]))
+        np.testing.assert_array_equal(attention[i, :, :, :n, :n], decode_float32(expected["data"], expected["shape"]))
         assert not attention[i, :, :, n:].any() and not attention[i, :, :, :, n:].any()
 
 
@@ -132,17 +130,17 @@ def test_json_tensors_without_the_binary_extension(server, http_client):
     output = triton_http.InferRequestedOutput("embedding", binary_data=False)
     result = http_client.infer(MODEL, [tensor], outputs=[output])
     rest = rest_embed(server, {"inputs": SENTENCES[:2]})
-    np.testing.assert_array_equal(result.as_numpy("embedding")[1], from_b64(rest["embeddings"][1], [384]))
+    np.testing.assert_array_equal(result.as_numpy("embedding")[1], decode_float32(rest["embeddings"][1], [384]))
     # and as a plain client would write it, nested [n, 1] shape included
     body = {
         "id": "plain",
         "inputs": [{"name": "text", "shape": [2, 1], "datatype": "BYTES", "data": [[SENTENCES[0]], [SENTENCES[1]]]}],
     }
-    answer = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", json=body, timeout=60).json()
+    answer = post(server, f"/v2/models/{MODEL}/infer", body).json()
     assert answer["id"] == "plain" and answer["model_name"] == MODEL
     (embedding,) = answer["outputs"]
     assert (embedding["name"], embedding["datatype"], embedding["shape"]) == ("embedding", "FP32", [2, 384])
-    np.testing.assert_array_equal(np.float32(embedding["data"][384:]), from_b64(rest["embeddings"][1], [384]))
+    np.testing.assert_array_equal(np.float32(embedding["data"][384:]), decode_float32(rest["embeddings"][1], [384]))
 
 
 def test_same_input_gives_bit_identical_embeddings_over_rest_grpc_and_kserve(server, http_client, grpc_client):
@@ -150,10 +148,10 @@ def test_same_input_gives_bit_identical_embeddings_over_rest_grpc_and_kserve(ser
         encoder = encoder_pb2_grpc.EncoderStub(channel)
         for text in SENTENCES:
             packed = rest_embed(server, {"inputs": [text]})["embeddings"][0]
-            floats = httpx.post(server.url + "/v1/embed", json={"inputs": [text]}, timeout=60).json()["embeddings"][0]
-            openai = httpx.post(server.url + "/v1/embeddings", json={"input": text}, timeout=60).json()
+            floats = post(server, "/v1/embed", {"inputs": [text]}).json()["embeddings"][0]
+            openai = post(server, "/v1/embeddings", {"input": text}).json()
             over = {
-                "rest base64": from_b64(packed, [384]),
+                "rest base64": decode_float32(packed, [384]),
                 "rest float": np.float32(floats),
                 "openai": np.float32(openai["data"][0]["embedding"]),
                 "grpc": np.float32(encoder.Embed(pb.EmbedRequest(inputs=[text]), timeout=60).embeddings[0].values),
@@ -290,9 +288,9 @@ def test_grpc_request_bytes_that_do_not_parse_are_invalid_argument(server):
 
 
 def test_grpc_calls_are_counted_by_method(server, grpc_client):
-    before = httpx.get(server.url + "/metrics").text
+    before = scrape(server)
     grpc_client.infer(MODEL, [text_input(triton_grpc, ["counted"])])
-    after = httpx.get(server.url + "/metrics").text
+    after = scrape(server)
     labels = {"transport": "grpc", "route": "ModelInfer", "code": "OK"}
     assert (
         metric_value(after, "mhaserve_requests_total", labels) - metric_value(before, "mhaserve_requests_total", labels)

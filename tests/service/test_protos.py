@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import descriptor_pb2
 
-from tests.conftest import REPO
+from tests.support.server import REPO
 
 PROTOS = REPO / "protos"
 SOURCES = sorted(PROTOS.rglob("*.proto"))

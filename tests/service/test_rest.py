@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import signal
 import sys
@@ -15,16 +14,11 @@ import numpy as np
 import openai
 import pytest
 
-from tests.conftest import SENTENCES, launch, metric_value
-
-
-def post(server, path: str, body: object, **kwargs) -> httpx.Response:
-    return httpx.post(server.url + path, json=body, timeout=60, **kwargs)
-
-
-def decode_b64(text: str, shape: list[int]) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(text), dtype="<f4").reshape(shape)
-
+from tests.support.decode import decode_float32
+from tests.support.http import post, scrape
+from tests.support.prometheus import metric_value, samples
+from tests.support.reference import SENTENCES
+from tests.support.server import launch
 
 # answers ---------------------------------------------------------------------------------
 
@@ -78,13 +72,15 @@ def test_base64_encoding_carries_the_same_float32_values(server):
     floats = post(server, "/v1/embed", request).json()
     packed = post(server, "/v1/embed", {**request, "encoding": "base64"}).json()
     for i in range(2):
-        np.testing.assert_array_equal(decode_b64(packed["embeddings"][i], [384]), np.float32(floats["embeddings"][i]))
+        np.testing.assert_array_equal(
+            decode_float32(packed["embeddings"][i], [384]), np.float32(floats["embeddings"][i])
+        )
         t = packed["token_embeddings"][i]
         np.testing.assert_array_equal(
-            decode_b64(t["data"], t["shape"]), np.float32(floats["token_embeddings"][i]["data"])
+            decode_float32(t["data"], t["shape"]), np.float32(floats["token_embeddings"][i]["data"])
         )
         a = packed["attention"][i]
-        np.testing.assert_array_equal(decode_b64(a["data"], a["shape"]), np.float32(floats["attention"][i]["data"]))
+        np.testing.assert_array_equal(decode_float32(a["data"], a["shape"]), np.float32(floats["attention"][i]["data"]))
 
 
 def test_tokenize_gives_word_pieces_with_offsets(server, reference):
@@ -118,7 +114,7 @@ def test_official_openai_client_works_unchanged(server, reference):
         assert [d.index for d in answer.data] == [0, 1, 2]
         for text, item in zip(SENTENCES[:3], answer.data, strict=True):
             # asked for base64 explicitly, the client hands the string through; by default it decodes
-            vector = decode_b64(item.embedding, [384]) if encoding == "base64" else item.embedding
+            vector = decode_float32(item.embedding, [384]) if encoding == "base64" else item.embedding
             np.testing.assert_allclose(vector, reference.embedding(text), atol=1e-5)
         assert answer.usage.prompt_tokens == sum(len(reference.ids(t)) for t in SENTENCES[:3])
     with pytest.raises(openai.NotFoundError, match="not served here"):
@@ -145,9 +141,9 @@ def test_200_concurrent_requests_each_get_their_own_vector(server, reference):
 
 
 def test_concurrent_single_sentences_are_computed_together(server):
-    before = httpx.get(server.url + "/metrics").text
+    before = scrape(server)
     asyncio.run(embed_concurrently(server.url, [f"sentence {i} about batching" for i in range(64)]))
-    after = httpx.get(server.url + "/metrics").text
+    after = scrape(server)
     batches = metric_value(after, "mhaserve_batch_size_count") - metric_value(before, "mhaserve_batch_size_count")
     sequences = metric_value(after, "mhaserve_batch_size_sum") - metric_value(before, "mhaserve_batch_size_sum")
     assert sequences == 64
@@ -155,7 +151,8 @@ def test_concurrent_single_sentences_are_computed_together(server):
 
 
 def test_every_metric_is_present_from_start_up(server):
-    text = httpx.get(server.url + "/metrics").text
+    text = scrape(server)
+    names = {sample.name for sample in samples(text)}
     for name in (
         "mhaserve_requests_total",
         "mhaserve_request_duration_seconds_bucket",
@@ -170,7 +167,7 @@ def test_every_metric_is_present_from_start_up(server):
         "mhaserve_errors_total",
         "mhaserve_model_info",
     ):
-        assert name in text, name
+        assert name in names, name
     assert metric_value(text, "mhaserve_model_info", {"provider": "CPUExecutionProvider", "precision": "fp32"}) == 1
 
 
@@ -254,8 +251,7 @@ def test_failed_batch_fails_only_its_own_requests(limited, reference):
     assert fine.status_code == 200
     np.testing.assert_allclose(fine.json()["embeddings"][0], reference.embedding(SENTENCES[0]), atol=1e-5)
     assert httpx.get(limited.url + "/health/ready").status_code == 200
-    metrics = httpx.get(limited.url + "/metrics").text
-    assert metric_value(metrics, "mhaserve_errors_total", {"type": "inference_failed"}) >= 1
+    assert metric_value(scrape(limited), "mhaserve_errors_total", {"type": "inference_failed"}) >= 1
 
 
 def test_unknown_route_is_404_json(limited):
