@@ -14,11 +14,10 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from model.data import read_sts, sts_dir, unique_sentences
-from model.errors import ModelError
+from artifact.hardware import cuda_usable
 from artifact.manifest import ATTENTION_MASK, FAST, FAST_FP16, FAST_INT8, INPUT_IDS, Artifact
 from artifact.pooling import l2_normalize, pad_batch, pool
-from artifact.hardware import cuda_usable
+from model.data import read_sts, sts_dir, unique_sentences
 
 PUBLISHED_STS_TEST = 82.03  # all-MiniLM-L6-v2, Spearman x100, cosine of mean-pooled embeddings
 
@@ -254,9 +253,3 @@ def report(checks: list[Check]) -> str:
     lines = [c.line() for c in checks]
     lines.append(f"{len(checks) - len(failed)} of {len(checks)} checks within their bounds")
     return "\n".join(lines)
-
-
-def require(checks: list[Check]) -> None:
-    failed = [c.name for c in checks if not c.passed]
-    if failed:
-        raise ModelError("evaluation failed: " + ", ".join(failed))

@@ -1,4 +1,4 @@
-"""Export an Encoder to an artifact directory the server loads (see service/artifact.py).
+"""Export an Encoder to an artifact directory the server loads (its contract: artifact/manifest.py).
 
 Graphs written:
 - fast.onnx       fp32, hidden states only, onnxruntime's transformer optimizer applied so
@@ -28,10 +28,6 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers import optimizer
 from onnxruntime.transformers.fusion_options import FusionOptions
 
-from model.data import sts_dir
-from model.encoder import Encoder
-from model.errors import ModelError
-from model.tokenizer import load_tokenizer
 from artifact.manifest import (
     ATTENTION,
     ATTENTION_MASK,
@@ -47,6 +43,10 @@ from artifact.manifest import (
     Manifest,
     sha256_of,
 )
+from model.data import sts_dir
+from model.encoder import Encoder
+from model.errors import ModelError
+from model.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 

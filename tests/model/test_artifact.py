@@ -11,9 +11,8 @@ from pathlib import Path
 import onnx
 import pytest
 
+from artifact.manifest import FAST, FAST_FP16, Artifact, ArtifactError
 from model.evaluate import evaluate
-from artifact.manifest import FAST, FAST_FP16, Artifact
-from artifact.manifest import ArtifactError
 from tests.conftest import ARTIFACT, REPO
 
 SMALL_FILES = ("manifest.json", "tokenizer.json")
