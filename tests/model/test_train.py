@@ -17,13 +17,14 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
+from artifact.manifest import ATTENTION, FAST, Artifact, sha256_of
 from model.__main__ import main
 from model.data import read_sts
 from model.evaluate import OrtEmbedder
 from model.tokenizer import checkpoint_max_len
-from model.train import cosent_loss, cosine_loss, embed, in_batch_negatives_loss, sts_spearman
+from model.train.losses import cosent_loss, cosine_loss, in_batch_negatives_loss
+from model.train.tasks import embed, sts_spearman
 from model.weights import load_checkpoint
-from artifact.manifest import ATTENTION, FAST, Artifact, sha256_of
 from tests.conftest import REPO, launch
 
 SUBJECTS = ["a man", "a woman", "the child", "a dog", "the cat", "a chef", "the girl", "an old farmer"]
@@ -200,18 +201,18 @@ def test_losses_equal_sentence_transformers_on_the_same_embeddings():
 
 DIE_AT_STEP = """
 import os, signal, sys
-from model import train
 from model.__main__ import main
+from model.train.trainer import Trainer
 
 die_at, argv = int(sys.argv[1]), sys.argv[2:]
-take_step = train.Trainer.train_step
+take_step = Trainer.train_step
 
 def train_step(self, indices, step):
     if step + 1 == die_at:
         os.kill(os.getpid(), signal.SIGKILL)
     return take_step(self, indices, step)
 
-train.Trainer.train_step = train_step
+Trainer.train_step = train_step
 sys.exit(main(argv))
 """
 

@@ -1,0 +1,246 @@
+"""The two jobs, end to end: read and check the data, build the task, fit, export the best epoch.
+
+finetune adapts a pretrained encoder to sentence pairs; pretrain trains a WordPiece tokenizer
+and an encoder from scratch with masked-LM. Each returns the provenance its artifact records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from artifact.manifest import Artifact, sha256_of
+from model.config import EncoderConfig
+from model.encoder import Encoder
+from model.errors import ModelError
+from model.export import ExportOptions, export_artifact
+from model.tokenizer import checkpoint_max_len, load_tokenizer, train_wordpiece
+from model.train.config import FinetuneConfig, JobConfig, PretrainConfig, TrainConfig
+from model.train.data import describe, read_corpus, read_pairs, read_scored
+from model.train.tasks import MaskedLMTask, PairTask, sts_spearman
+from model.train.trainer import Progress, Trainer, pick_device
+from model.weights import (
+    DEFAULT_SOURCE,
+    NATIVE_CONFIG,
+    NATIVE_WEIGHTS,
+    default_checkpoint_dir,
+    load_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+
+def prepare(config: TrainConfig, job: JobConfig) -> torch.device:
+    """Device, threads, seed and the run directory, before anything random happens."""
+    if not job.resume and (job.run_path / "checkpoint.pt").exists():
+        raise ModelError(
+            f"{job.run_path} holds a checkpoint of an earlier run: pass --resume to continue it, or remove it"
+        )
+    device = pick_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    job.run_path.mkdir(parents=True, exist_ok=True)
+    return device
+
+
+def resolve_base(data: FinetuneConfig) -> tuple[Path, Path, int | None, dict]:
+    """The checkpoint to start from, its tokenizer, the artifact's max_len if any, and its provenance."""
+    if data.artifact:
+        artifact = Artifact.load(data.artifact)
+        checkpoint = Path(artifact.manifest.provenance.get("checkpoint", ""))
+        if not (checkpoint / NATIVE_CONFIG).exists() and not (checkpoint / "config.json").exists():
+            raise ModelError(f"{data.artifact}: its source checkpoint {str(checkpoint)!r} is not on this machine")
+        manifest = artifact.manifest
+        base = {"artifact": str(Path(data.artifact).resolve()), "name": manifest.name, "version": manifest.version}
+        base.update({k: v for k, v in manifest.provenance.items() if k in ("source", "base_model")})
+        tokenizer_json, max_len = artifact.tokenizer_path, manifest.max_len
+    else:
+        checkpoint = Path(data.checkpoint) if data.checkpoint else default_checkpoint_dir()
+        base = {} if data.checkpoint else {"source": DEFAULT_SOURCE}
+        tokenizer_json, max_len = checkpoint / "tokenizer.json", None
+    weights = checkpoint / (NATIVE_WEIGHTS if (checkpoint / NATIVE_CONFIG).exists() else "model.safetensors")
+    base.update(checkpoint=str(checkpoint.resolve()), weights_sha256=sha256_of(weights) if weights.is_file() else None)
+    return checkpoint, tokenizer_json, max_len, base
+
+
+def finetune(config: TrainConfig, data: FinetuneConfig, job: JobConfig) -> dict:
+    """Adapt a pretrained encoder to sentence pairs; returns the exported artifact's provenance."""
+    started = time.monotonic()
+    if data.checkpoint and data.artifact:
+        raise ModelError("give --checkpoint or --artifact, not both")
+    low, high = data.score_range
+    if low >= high:
+        raise ModelError(f"--score-range: minimum {low} must be below maximum {high}")
+    if (data.loss_name == "in-batch") != (data.data_format == "pairs"):
+        needs = "--format pairs" if data.loss_name == "in-batch" else "scored pairs (--format sts)"
+        raise ModelError(f"--loss {data.loss_name} needs {needs}")
+    # data first: a bad row should cost seconds, not a model load
+    pairs = read_scored(data.train_file, data.score_range) if data.data_format == "sts" else read_pairs(data.train_file)
+    files = {"train": describe(data.train_file, len(pairs))}
+    dev = test = None
+    if data.dev_file:
+        dev = read_scored(data.dev_file, data.score_range)
+        files["dev"] = describe(data.dev_file, len(dev))
+    if data.test_file:
+        test = read_scored(data.test_file, data.score_range)
+        files["test"] = describe(data.test_file, len(test))
+
+    checkpoint, tokenizer_json, export_max_len, base = resolve_base(data)
+
+    device = prepare(config, job)
+    encoder = load_checkpoint(checkpoint).to(device)
+    export_max_len = export_max_len or checkpoint_max_len(checkpoint, encoder.config.max_len)
+    train_max_len = min(config.max_len, export_max_len)
+    eval_tokenizer = load_tokenizer(tokenizer_json, export_max_len)
+    task = PairTask(
+        encoder,
+        load_tokenizer(tokenizer_json, train_max_len),
+        eval_tokenizer,
+        pairs,
+        data.loss_name,
+        data.score_range,
+        dev,
+        device,
+    )
+    hyperparameters = {
+        **config.hyperparameters(),
+        "loss": data.loss_name,
+        "format": data.data_format,
+        "score_range": list(data.score_range),
+    }
+    fingerprint = {
+        "job": "finetune",
+        "base": {k: base[k] for k in ("checkpoint", "weights_sha256")},
+        "data": {role: f.sha256 for role, f in files.items() if role != "test"},
+        "hyperparameters": hyperparameters,
+    }
+    trainer = Trainer(task, config, job, fingerprint, tokenizer_json, export_max_len)
+    log.info(
+        "fine-tuning %s on %d pairs (%s loss), %d steps on %s",
+        checkpoint,
+        len(pairs),
+        data.loss_name,
+        trainer.total_steps,
+        device,
+    )
+    progress = trainer.fit()
+
+    best, scores = best_and_scores(trainer, progress, "dev_spearman", 3, device)
+    if test is not None:
+        scores["test_spearman"] = round(sts_spearman(best, eval_tokenizer, test, device), 3)
+    provenance = run_provenance("finetune", trainer, files, hyperparameters, scores, started, device, base_model=base)
+    log.info("selected epoch %s: %s", progress.best_epoch, scores)
+    export(best, trainer.best_dir / "tokenizer.json", job, export_max_len, provenance)
+    return provenance
+
+
+def pretrain(config: TrainConfig, data: PretrainConfig, job: JobConfig) -> dict:
+    """Train a WordPiece tokenizer and an encoder from scratch with MLM; returns the provenance."""
+    started = time.monotonic()
+    texts = read_corpus(data.corpus)
+    files = {"corpus": describe(data.corpus, len(texts))}
+    dev_texts = None
+    if data.dev_file:
+        dev_texts = read_corpus(data.dev_file)
+        files["dev"] = describe(data.dev_file, len(dev_texts))
+
+    device = prepare(config, job)
+    tokenizer_json = job.run_path / "tokenizer.json"
+    if job.resume and (job.run_path / "checkpoint.pt").exists() and tokenizer_json.exists():
+        tokenizer = load_tokenizer(tokenizer_json, config.max_len)  # the run's own, never retrained
+    else:
+        tokenizer = train_wordpiece(texts, data.vocab_size, config.max_len)
+        tokenizer.save(str(tokenizer_json))
+    if tokenizer.token_to_id("[PAD]") != 0:
+        raise ModelError("the trained tokenizer must give [PAD] id 0: the server pads with 0")
+    encoder_config = EncoderConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        d_model=data.d_model,
+        n_heads=data.n_heads,
+        n_layers=data.n_layers,
+        d_ff=data.d_ff,
+        max_len=config.max_len,
+        positions=data.positions,
+        type_vocab_size=0,  # single sentences: no segment embeddings
+        dropout=data.dropout,
+    )
+    encoder = Encoder(encoder_config).to(device)
+    task = MaskedLMTask(encoder, tokenizer, texts, dev_texts, data.mask_prob, config.seed, device)
+    hyperparameters = {
+        **config.hyperparameters(),
+        **{k: v for k, v in dataclasses.asdict(data).items() if k not in ("corpus", "dev_file")},
+    }
+    fingerprint = {
+        "job": "pretrain",
+        "data": {role: f.sha256 for role, f in files.items()},
+        "hyperparameters": hyperparameters,
+    }
+    trainer = Trainer(task, config, job, fingerprint, tokenizer_json, config.max_len)
+    n_params = sum(p.numel() for p in encoder.parameters())
+    log.info(
+        "pre-training a %s-parameter encoder on %d texts, %d steps on %s",
+        f"{n_params:,}",
+        len(texts),
+        trainer.total_steps,
+        device,
+    )
+    progress = trainer.fit()
+
+    best, scores = best_and_scores(trainer, progress, "dev_mlm_loss", 4, device)
+    tokenizer_info = {"type": "WordPiece", "vocab_size": encoder_config.vocab_size}
+    provenance = run_provenance(
+        "pretrain", trainer, files, hyperparameters, scores, started, device, tokenizer=tokenizer_info
+    )
+    export(best, trainer.best_dir / "tokenizer.json", job, config.max_len, provenance)
+    return provenance
+
+
+def best_and_scores(
+    trainer: Trainer, progress: Progress, metric: str, digits: int, device: torch.device
+) -> tuple[Encoder, dict]:
+    """The best epoch's encoder, and the dev metric per epoch and at that epoch."""
+    best = load_checkpoint(trainer.best_dir).to(device)
+    scores: dict = {
+        "best_epoch": progress.best_epoch,
+        f"{metric}_by_epoch": [round(h["dev"], digits) for h in progress.history],
+    }
+    if progress.best is not None:
+        scores[metric] = round(progress.best, digits)
+    return best, scores
+
+
+def run_provenance(
+    job: str,
+    trainer: Trainer,
+    files: dict,
+    hyperparameters: dict,
+    scores: dict,
+    started: float,
+    device: torch.device,
+    **extra,
+) -> dict:
+    """What the artifact's manifest records about the run that made it."""
+    return {
+        "job": job,
+        **extra,
+        "checkpoint": str(trainer.best_dir.resolve()),
+        "data": {role: f.to_dict() for role, f in files.items()},
+        "hyperparameters": hyperparameters,
+        "scores": scores,
+        "train_seconds": round(time.monotonic() - started, 1),
+        "device": str(device),
+    }
+
+
+def export(encoder: Encoder, tokenizer_json: Path, job: JobConfig, max_len: int, provenance: dict) -> None:
+    options = ExportOptions(
+        name=job.model_name, version=job.version, max_len=max_len, int8=job.int8, provenance=provenance
+    )
+    manifest = export_artifact(encoder.cpu().eval(), tokenizer_json, job.out, options)
+    gate = manifest.quality.get("int8_gate")
+    log.info("wrote %s: graphs %s%s", job.out, ", ".join(manifest.graphs), f"; int8 gate {gate}" if gate else "")

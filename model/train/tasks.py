@@ -1,0 +1,150 @@
+"""The two training tasks: what a step computes and how a dev set is scored.
+
+PairTask fine-tunes on sentence pairs (model/train/losses.py); MaskedLMTask pre-trains with
+masked-LM (model/train/heads.py). Both embed the way the server does: mean-pooled, L2-normalised.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from artifact.pooling import pad_batch
+from model.data import ScoredPair, unique_sentences
+from model.encoder import Encoder, mean_pool
+from model.evaluate import spearman
+from model.tokenizer import SPECIAL_TOKENS
+from model.train.heads import MaskedLMHead, mask_tokens
+from model.train.losses import LOSSES
+from model.train.trainer import Evaluation
+
+
+def to_device(token_ids: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    input_ids, attention_mask = pad_batch(token_ids)
+    return torch.from_numpy(input_ids).to(device), torch.from_numpy(attention_mask).to(device)
+
+
+@torch.no_grad()
+def embed(encoder: Encoder, token_ids: list[list[int]], device: torch.device, batch_size: int = 64) -> np.ndarray:
+    """Mean-pooled, L2-normalised vectors in length-sorted batches, as the server computes them."""
+    was_training = encoder.training
+    encoder.eval()
+    order = np.argsort([len(t) for t in token_ids], kind="stable")
+    out = np.zeros((len(token_ids), encoder.config.d_model), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        input_ids, attention_mask = to_device([token_ids[i] for i in index], device)
+        pooled = mean_pool(encoder(input_ids, attention_mask), attention_mask)
+        out[index] = F.normalize(pooled, dim=-1).float().cpu().numpy()
+    encoder.train(was_training)
+    return out
+
+
+def sts_spearman(encoder: Encoder, tokenizer: Tokenizer, pairs: list[ScoredPair], device: torch.device) -> float:
+    """Spearman x100 of the cosines against the gold scores, the STS Benchmark's figure."""
+    sentences = unique_sentences(pairs)
+    index = {s: i for i, s in enumerate(sentences)}
+    vectors = embed(encoder, [e.ids for e in tokenizer.encode_batch(sentences)], device)
+    cosines = np.array([vectors[index[p.sentence1]] @ vectors[index[p.sentence2]] for p in pairs])
+    return 100.0 * spearman(cosines, np.array([p.score for p in pairs]))
+
+
+class PairTask:
+    """Sentence pairs -> mean-pooled embeddings of both sides -> a similarity loss."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        train_tokenizer: Tokenizer,
+        eval_tokenizer: Tokenizer,
+        pairs: list[ScoredPair],
+        loss: str,
+        score_range: tuple[float, float],
+        dev: list[ScoredPair] | None,
+        device: torch.device,
+    ):
+        self.encoder, self.eval_tokenizer, self.dev, self.device = encoder, eval_tokenizer, dev, device
+        self.modules = {"encoder": encoder}
+        self.loss_fn = LOSSES[loss]
+        sentences = unique_sentences(pairs)
+        ids = {s: e.ids for s, e in zip(sentences, train_tokenizer.encode_batch(sentences), strict=True)}
+        self.left = [ids[p.sentence1] for p in pairs]
+        self.right = [ids[p.sentence2] for p in pairs]
+        low, high = score_range
+        self.scores = torch.tensor([(p.score - low) / (high - low) for p in pairs], dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.left)
+
+    def loss(self, indices: list[int], step: int) -> tuple[torch.Tensor, int]:
+        B = len(indices)
+        # both sides in one forward pass: (2B, T)
+        input_ids, attention_mask = to_device(
+            [self.left[i] for i in indices] + [self.right[i] for i in indices], self.device
+        )
+        pooled = mean_pool(self.encoder(input_ids, attention_mask), attention_mask)  # (2B, C)
+        loss = self.loss_fn(pooled[:B], pooled[B:], self.scores[indices].to(self.device))
+        return loss, int(attention_mask.sum())
+
+    def evaluate(self) -> Evaluation | None:
+        if self.dev is None:
+            return None
+        return Evaluation("dev_spearman", sts_spearman(self.encoder, self.eval_tokenizer, self.dev, self.device), True)
+
+
+class MaskedLMTask:
+    """Masked-language modelling: predict corrupted tokens from their context."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        tokenizer: Tokenizer,
+        texts: list[str],
+        dev_texts: list[str] | None,
+        mask_prob: float,
+        seed: int,
+        device: torch.device,
+    ):
+        self.encoder, self.device, self.mask_prob, self.seed = encoder, device, mask_prob, seed
+        self.head = MaskedLMHead(encoder.config).to(device)
+        self.modules = {"encoder": encoder, "head": self.head}
+        self.mask_id = tokenizer.token_to_id("[MASK]")
+        self.special_ids = torch.tensor([tokenizer.token_to_id(t) for t in SPECIAL_TOKENS])
+        self.texts = [e.ids for e in tokenizer.encode_batch(texts)]
+        self.dev = [e.ids for e in tokenizer.encode_batch(dev_texts)] if dev_texts else None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def mlm_loss(self, token_ids: list[list[int]], mask_seed: int) -> tuple[torch.Tensor, int]:
+        input_ids, attention_mask = pad_batch(token_ids)
+        input_ids, attention_mask = torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
+        candidates = attention_mask.bool() & ~torch.isin(input_ids, self.special_ids)
+        vocab_size = self.encoder.config.vocab_size
+        corrupted, labels = mask_tokens(input_ids, candidates, self.mask_id, vocab_size, self.mask_prob, mask_seed)
+        corrupted, attention_mask, labels = (t.to(self.device) for t in (corrupted, attention_mask, labels))
+        hidden = self.encoder(corrupted, attention_mask)  # (B, T, C)
+        predicted = labels != -100
+        logits = self.head(hidden[predicted], self.encoder.token_embedding.weight)  # (N, vocab), masked only
+        return F.cross_entropy(logits, labels[predicted]), int(attention_mask.sum())
+
+    def loss(self, indices: list[int], step: int) -> tuple[torch.Tensor, int]:
+        return self.mlm_loss([self.texts[i] for i in indices], mask_seed=self.seed * 1_000_003 + step)
+
+    @torch.no_grad()
+    def evaluate(self) -> Evaluation | None:
+        """Mean MLM loss on the dev texts, with the same masks at every evaluation."""
+        if self.dev is None:
+            return None
+        for module in self.modules.values():
+            module.eval()
+        total, count = 0.0, 0
+        for start in range(0, len(self.dev), 64):
+            batch = self.dev[start : start + 64]
+            loss, _ = self.mlm_loss(batch, mask_seed=self.seed + start)
+            total, count = total + float(loss) * len(batch), count + len(batch)
+        for module in self.modules.values():
+            module.train()
+        return Evaluation("dev_mlm_loss", total / count, False)
