@@ -61,7 +61,7 @@ lock: $(VENV)/.installed
 install: $(VENV)/.installed
 
 # what the exported graphs depend on (training code is not among it)
-MODEL_SOURCES := $(filter-out model/train.py,$(wildcard model/*.py)) $(wildcard artifact/*.py)
+MODEL_SOURCES := $(wildcard model/*.py) $(wildcard artifact/*.py)
 $(ARTIFACT)/manifest.json: $(MODEL_SOURCES) | $(VENV)/.installed
 	$(PY) -m model export --out $(ARTIFACT)
 
