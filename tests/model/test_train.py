@@ -18,10 +18,12 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from artifact.manifest import ATTENTION, FAST, Artifact, sha256_of
-from model.__main__ import main
+from model.__main__ import build_parser, main
 from model.data import read_sts
 from model.evaluate import OrtEmbedder
 from model.tokenizer import checkpoint_max_len
+from model.train.cli import from_args
+from model.train.config import FinetuneConfig, JobConfig, PretrainConfig, TrainConfig
 from model.train.losses import cosent_loss, cosine_loss, in_batch_negatives_loss
 from model.train.tasks import embed, sts_spearman
 from model.weights import load_checkpoint
@@ -262,6 +264,27 @@ def test_a_run_directory_is_never_reused_silently(data, pretrained, capsys):
     assert main([*pretrain_args(data, pretrained), "--resume", "--lr", "1e-3"]) == 2
     assert "hyperparameters.lr (0.003 -> 0.001)" in capsys.readouterr().err
     assert (run_dir / "checkpoint.pt").exists() and (pretrained / "artifact" / "manifest.json").exists()
+
+
+# command line ------------------------------------------------------------------------------
+
+
+def test_the_flags_are_the_config_fields():
+    """The parser is derived from the configs: a bare command line gives their defaults, and
+    `make finetune-stsb`'s flags land in the fields they name."""
+    args = build_parser().parse_args(["train", "pretrain", "--corpus", "c.txt", "--out", "o"])
+    assert from_args(PretrainConfig, args) == PretrainConfig(corpus=Path("c.txt"))
+    assert from_args(TrainConfig, args) == TrainConfig(epochs=10, batch_size=32, lr=5e-4)
+    assert from_args(JobConfig, args) == JobConfig(out=Path("o"))
+
+    argv = "train finetune --train t.csv --dev d.csv --test s.csv --out o --name n --loss cosent --epochs 4"
+    argv += " --batch-size 16 --lr 2e-5 --max-len 128 --threads 2 --resume --no-int8 --score-range 1 4"
+    args = build_parser().parse_args(argv.split())
+    assert from_args(FinetuneConfig, args) == FinetuneConfig(
+        train_file=Path("t.csv"), dev_file=Path("d.csv"), test_file=Path("s.csv"), loss="cosent", score_range=(1, 4)
+    )
+    assert from_args(TrainConfig, args) == TrainConfig(epochs=4, batch_size=16, lr=2e-5, max_len=128, threads=2)
+    assert from_args(JobConfig, args) == JobConfig(out=Path("o"), name="n", resume=True, int8=False)
 
 
 # bad data ----------------------------------------------------------------------------------
