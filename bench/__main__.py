@@ -23,6 +23,7 @@ import grpc
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from artifact.hardware import cuda_usable
 from artifact.manifest import FAST, FAST_FP16, FAST_INT8, Artifact
 from artifact.pooling import pad_batch, pool
 from bench.corpus import corpus, short_sentence
@@ -31,7 +32,7 @@ from bench.server import ARTIFACT, launch
 from protos.inference import grpc_predict_v2_pb2 as kpb
 from protos.inference import grpc_predict_v2_pb2_grpc as kgrpc
 from protos.mhaserve.v1 import encoder_pb2, encoder_pb2_grpc
-from service.runtime import cuda_usable, session_options, usable_cores
+from service.backends.onnx import session_options, usable_cores
 
 TARGETS = {  # row -> the least ratio to the limit that issue 6 asks for (CPU, fp32)
     "REST, client batches of 32, concurrency 8": 0.90,

@@ -8,8 +8,8 @@ import json
 import logging
 import sys
 
-from service.config import SettingsError, add_arguments, load_settings
 from artifact.manifest import ArtifactError
+from service.config import SettingsError, add_arguments, load_settings
 from service.errors import MhaserveError
 
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     logging.getLogger("mhaserve").info("settings: %s", json.dumps(settings.redacted()))
-    from service.server import serve  # after logging is configured
+    from service.app import serve  # after logging is configured
 
     try:
         asyncio.run(serve(settings))

@@ -12,10 +12,6 @@ class ApiKeys:
     def __init__(self, settings: Settings):
         self._keys = [key.encode() for key in sorted(settings.secrets())]
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._keys)
-
     def check(self, authorization: str | None) -> None:
         """authorization: the raw `Authorization` header / metadata value, or None."""
         if not self._keys:

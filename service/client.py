@@ -26,16 +26,9 @@ from protos.mhaserve.v1 import encoder_pb2_grpc
 from service import errors
 from service.types import AttentionSelection, ModelInfo, Token
 
-ERRORS_BY_TYPE = {cls.type: cls for cls in (errors.MhaserveError, *errors.MhaserveError.__subclasses__())}
-ERRORS_BY_CODE = {
-    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidRequest,
-    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
-    grpc.StatusCode.NOT_FOUND: errors.NotFound,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.Overloaded,
-    grpc.StatusCode.UNAVAILABLE: errors.NotReady,
-    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
-    grpc.StatusCode.CANCELLED: errors.Cancelled,
-}
+# A gRPC status the server did not send itself (a deadline the channel enforced, a lost
+# connection) carries no error type: the code alone says what it was.
+ERRORS_BY_CODE = {code: cls for cls, code in reversed(errors.GRPC_CODE.items())}
 POOLING = {None: pb.POOLING_UNSPECIFIED, "mean": pb.POOLING_MEAN, "cls": pb.POOLING_CLS}
 
 
@@ -149,7 +142,7 @@ class RestClient(ClosingClient):
                 normalize=card["normalize"],
                 provider=card["provider"],
                 precision=card["precision"],
-                graph=card.get("graph", ""),
+                graph=card["graph"],
             )
             for card in answer["data"]
         ]
@@ -172,7 +165,7 @@ class RestClient(ClosingClient):
             kind, message = error["type"], error["message"]
         except (ValueError, KeyError, TypeError):
             kind, message = "internal_error", f"HTTP {response.status_code}: {response.text[:500]}"
-        raise ERRORS_BY_TYPE.get(kind, errors.MhaserveError)(message)
+        raise errors.error_from_type(kind, message)
 
 
 def tokens_from_json(row: list[dict]) -> list[Token]:
@@ -207,6 +200,9 @@ def tokens_from_proto(row: pb.TokenList) -> list[Token]:
 
 def error_from(error: grpc.RpcError) -> errors.MhaserveError:
     code, details = error.code(), error.details() or ""  # type: ignore[attr-defined]
+    for key, value in error.trailing_metadata() or ():  # type: ignore[attr-defined]
+        if key == errors.ERROR_TYPE_METADATA:
+            return errors.error_from_type(value, details)
     if code in ERRORS_BY_CODE:
         return ERRORS_BY_CODE[code](details)
     return errors.MhaserveError(f"{code.name}: {details}")
@@ -285,8 +281,7 @@ class GrpcClient(ClosingClient):
                 iter(requests), timeout=timeout_s or self.timeout_s, metadata=self.metadata
             ):
                 if response.HasField("error"):
-                    error_type = ERRORS_BY_CODE.get(grpc.StatusCode[response.error.code_name], errors.MhaserveError)
-                    yield response.id, error_type(response.error.message)
+                    yield response.id, errors.error_from_type(response.error.type, response.error.message)
                 else:
                     yield response.id, embeddings_from(response)
         except grpc.RpcError as error:

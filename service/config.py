@@ -1,38 +1,48 @@
 """Settings: the one configuration object, from CLI flags and MHASERVE_* environment variables.
 
-Each field is declared once, with its help text; the CLI (`mhaserve serve --help`), the
-environment variable names, the README table and the Kubernetes ConfigMap check all come
-from this list. Precedence: flag > environment > default.
+Each field is declared once, with its help text and type; the CLI (`mhaserve serve --help`),
+the environment variable names, docs/settings.md and the Kubernetes ConfigMap check all come
+from this class, and pydantic parses and checks every value. Precedence: flag > environment
+> default. `Settings()` alone is the defaults; `load_settings` reads flags and environment.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import ssl
-from dataclasses import dataclass, field
+import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "MHASERVE_"
 DEFAULT_MODEL_DIR = "artifacts/all-minilm-l6-v2"
 
 
-def setting(default: Any, help: str, *, secret: bool = False, choices: tuple[str, ...] | None = None):
-    return field(default=default, metadata={"help": help, "secret": secret, "choices": choices})
+class SettingsError(ValueError):
+    pass
 
 
-@dataclass(frozen=True, kw_only=True)
-class Settings:
+def setting(default: Any, help: str, *, secret: bool = False) -> Any:
+    return Field(default=default, description=help, json_schema_extra={"secret": secret})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", validate_default=False)
+
     # where and what
     model_dir: Path = setting(Path(DEFAULT_MODEL_DIR), "exported model directory (manifest.json, graphs, tokenizer)")
     host: str = setting("0.0.0.0", "address both servers bind")
     http_port: int = setting(8000, "REST port (FastAPI; also KServe v2 REST, /metrics, /ui)")
     grpc_port: int = setting(50051, "gRPC port (mhaserve.v1.Encoder, KServe v2, health, reflection)")
-    device: str = setting("auto", "auto: CUDA when a GPU is usable, else CPU", choices=("auto", "cpu", "cuda"))
-    precision: str = setting(
-        "auto", "graph precision; auto: fp16 on CUDA, fp32 on CPU", choices=("auto", "fp32", "fp16", "int8")
+    device: Literal["auto", "cpu", "cuda"] = setting("auto", "auto: CUDA when a GPU is usable, else CPU")
+    precision: Literal["auto", "fp32", "fp16", "int8"] = setting(
+        "auto", "graph precision; auto: fp16 on CUDA, fp32 on CPU"
     )
     inference_workers: int = setting(
         0,
@@ -52,11 +62,10 @@ class Settings:
     max_batch_tokens: int = setting(16384, "a batch leaves when its padded tokens (longest x count) would pass this")
     max_batch_size: int = setting(64, "most sequences in one batch")
     max_wait_ms: float = setting(2.0, "longest the oldest queued sequence waits for company before its batch leaves")
-    batch_wait: str = setting(
+    batch_wait: Literal["adaptive", "always"] = setting(
         "adaptive",
         "adaptive: a batch waits for company only while admitted requests are still being tokenized "
         "(a lone request at idle leaves at once); always: every batch waits up to max_wait_ms unless full",
-        choices=("adaptive", "always"),
     )
     max_queue_tokens: int = setting(131072, "queued tokens allowed; a request that does not fit gets 429 at once")
     attention_max_batch_tokens: int = setting(4096, "max_batch_tokens for the attention graph (its output is T^2)")
@@ -88,7 +97,9 @@ class Settings:
         30.0, "after that GOAWAY, how long calls in progress get before the connection is closed"
     )
     # security
-    api_keys: tuple[str, ...] = setting((), "comma-separated API keys; empty = no auth", secret=True)
+    api_keys: Annotated[tuple[str, ...], NoDecode] = setting(
+        (), "comma-separated API keys; empty = no auth", secret=True
+    )
     api_key_file: Path | None = setting(None, "file with one API key per line (a mounted Secret)")
     metrics_require_key: bool = setting(False, "require an API key for /metrics too")
     tls_cert: Path | None = setting(None, "PEM certificate (chain): serve HTTPS and gRPC over TLS (with --tls-key)")
@@ -103,23 +114,65 @@ class Settings:
         "while readiness is false because batches keep failing, a one-sentence probe batch runs this often; "
         "the first that succeeds makes the pod ready again",
     )
-    log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"))
+    log_level: Literal["debug", "info", "warning", "error"] = setting("info", "log level")
     # testing only
     fault_inject_text: str = setting(
-        "", "TESTING ONLY, off when empty: a batch holding an input equal to this text fails in the runtime"
+        "",
+        "TESTING ONLY, off when empty: the backend is wrapped so that a batch holding an input equal to this "
+        "text fails in the runtime (service.backends.faults)",
     )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def split_keys(cls, value: Any) -> Any:
+        return tuple(part.strip() for part in value.split(",") if part.strip()) if isinstance(value, str) else value
+
+    @field_validator("api_key_file", "tls_cert", "tls_key", "tls_client_ca", mode="before")
+    @classmethod
+    def empty_path_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def check(self) -> Settings:
+        validate(self)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        **_: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings merges flags over the environment it is given; nothing is read behind its back
+        return (init_settings,)
 
     def secrets(self) -> set[str]:
         return set(self.api_keys) | set(read_key_file(self.api_key_file))
 
     def redacted(self) -> dict[str, Any]:
         shown = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.metadata.get("secret") and value:
+        for name, info in type(self).model_fields.items():
+            value = getattr(self, name)
+            if is_secret(info) and value:
                 value = f"<{len(value)} redacted>"
-            shown[f.name] = str(value) if isinstance(value, Path) else value
+            shown[name] = str(value) if isinstance(value, Path) else value
         return shown
+
+
+class EnvironmentSource(PydanticBaseSettingsSource):
+    """The MHASERVE_* variables of a mapping (the process environment unless told otherwise)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]):
+        super().__init__(settings_cls)
+        self.environ = environ
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.environ.get(env_name(field_name)), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found = {name: self.get_field_value(info, name)[0] for name, info in self.settings_cls.model_fields.items()}
+        return {name: value for name, value in found.items() if value is not None}
 
 
 def env_name(field_name: str) -> str:
@@ -130,80 +183,67 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
+def is_secret(info: FieldInfo) -> bool:
+    extra = info.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("secret"))
+
+
+def choices_of(info: FieldInfo) -> tuple[str, ...]:
+    return typing.get_args(info.annotation) if typing.get_origin(info.annotation) is Literal else ()
+
+
 def read_key_file(path: Path | None) -> list[str]:
     if path is None:
         return []
     return [line.strip() for line in Path(path).read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
-def _field_type(f: dataclasses.Field) -> str:
-    return f.type if isinstance(f.type, str) else f.type.__name__
-
-
-def _parse(f: dataclasses.Field, raw: str) -> Any:
-    kind = _field_type(f)
-    if kind == "bool":
-        lowered = raw.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off", ""):
-            return False
-        raise ValueError(f"expected true or false, got {raw!r}")
-    if kind == "int":
-        return int(raw)
-    if kind == "float":
-        return float(raw)
-    if kind.startswith("tuple"):
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
-    if kind.startswith("Path"):
-        return Path(raw) if raw else None
-    return raw
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for f in dataclasses.fields(Settings):
-        default = f.default
-        shown = "<empty>" if default in ((), None) else default
-        help_text = f"{f.metadata['help']} [env {env_name(f.name)}; default {shown}]"
+    """One flag per field, taking its text as given; load_settings parses it with the field's type."""
+    for name, info in Settings.model_fields.items():
+        default = info.default
+        shown = "<empty>" if default in ((), None, "") else default
+        choices = choices_of(info)
+        metavar = "|".join(choices) if choices else type_name(info)
         parser.add_argument(
-            flag_name(f.name),
-            dest=f.name,
-            metavar=_field_type(f).split("|")[0].split("[")[0].strip().upper(),
-            help=help_text,
+            flag_name(name),
+            dest=name,
+            metavar=metavar,
+            help=f"{info.description} [env {env_name(name)}; default {shown}]",
             default=None,
         )
 
 
-class SettingsError(ValueError):
-    pass
+def type_name(info: FieldInfo) -> str:
+    """INT, FLOAT, PATH, LIST, ...: the field's type without its None."""
+    if typing.get_origin(info.annotation) is tuple:
+        return "LIST"
+    kinds = [a for a in typing.get_args(info.annotation) if a is not type(None)] or [info.annotation]
+    return getattr(kinds[0], "__name__", "VALUE").upper()
 
 
-def load_settings(cli: dict[str, str | None] | None = None, environ: dict[str, str] | None = None) -> Settings:
-    """Flags (already parsed to strings) over MHASERVE_* variables over defaults."""
+def load_settings(cli: Mapping[str, str | None] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Flags (as the strings argparse gave) over MHASERVE_* variables over defaults."""
     environ = os.environ if environ is None else environ
-    cli = cli or {}
-    values: dict[str, Any] = {}
-    known_env = {env_name(f.name) for f in dataclasses.fields(Settings)}
-    unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known_env)
+    known = {env_name(name) for name in Settings.model_fields}
+    unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
     if unknown:
         raise SettingsError(f"unknown environment variable {unknown[0]} (known: see `mhaserve serve --help`)")
-    for f in dataclasses.fields(Settings):
-        raw, source = cli.get(f.name), flag_name(f.name)
-        if raw is None:
-            raw, source = environ.get(env_name(f.name)), env_name(f.name)
-        if raw is None:
-            continue
-        try:
-            value = _parse(f, raw)
-        except ValueError as exc:
-            raise SettingsError(f"{source}: {exc}") from None
-        choices = f.metadata.get("choices")
-        if choices and value not in choices:
-            raise SettingsError(f"{source}: {value!r} is not one of {', '.join(choices)}")
-        values[f.name] = value
-    settings = Settings(**values)
-    validate(settings)
-    return settings
+    flags = {name: value for name, value in (cli or {}).items() if value is not None}
+    try:
+        return Settings(**{**EnvironmentSource(Settings, environ)(), **flags})
+    except ValidationError as exc:
+        raise SettingsError(describe(exc, flags)) from None
+
+
+def describe(exc: ValidationError, flags: Mapping[str, str]) -> str:
+    """pydantic's first error, named by where the value came from: its flag or its variable."""
+    error = exc.errors()[0]
+    if error["type"] == "value_error":  # raised by validate(): its message names the setting
+        return str(error["ctx"]["error"])
+    name = str(error["loc"][0]) if error["loc"] else ""
+    source = flag_name(name) if name in flags else env_name(name)
+    return f"{source}: {error['msg']} (got {error['input']!r})"
 
 
 def validate(settings: Settings) -> None:

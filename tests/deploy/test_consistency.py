@@ -1,25 +1,24 @@
 """The manifests and the image agree with what the server really serves and reads.
 
 One source of truth, the code: setting names and defaults from service.config.Settings (via
-env_name), routes from the REST app that service.rest.create_app builds, metric names from
+env_name), routes from the REST app that service.http.app.create_app builds, metric names from
 service.metrics.Metrics. Nothing here is a second hand-written list of them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
-from starlette.routing import Route
 
+from service.backends.fake import FakeBackend
 from service.config import Settings, env_name, load_settings
+from service.core.engine import Engine
+from service.http.app import create_app
 from service.metrics import Metrics
-from service.pipeline import Engine
-from service.rest import create_app
 from tests.deploy.conftest import (
     ADAPTER_VALUES,
     VARIANTS,
@@ -29,15 +28,15 @@ from tests.deploy.conftest import (
 )
 from tests.deploy.test_dockerfile import dockerfile_env, dockerfile_stages
 
-SETTING_VARIABLES = {env_name(f.name) for f in dataclasses.fields(Settings)}
+SETTING_VARIABLES = {env_name(name) for name in Settings.model_fields}
 DEFAULTS = Settings()
 
 
 @pytest.fixture(scope="module")
 def get_routes() -> set[str]:
-    """Paths the REST app answers to GET, read from the app itself."""
-    app = create_app(Engine(DEFAULTS))
-    return {r.path for r in app.routes if isinstance(r, Route) and "GET" in (r.methods or ())}
+    """Paths the REST app answers to GET, read from the app's own OpenAPI schema."""
+    app = create_app(DEFAULTS, Engine(DEFAULTS, FakeBackend))
+    return {path for path, operations in app.openapi()["paths"].items() if "get" in operations}
 
 
 def pod_spec_of(docs: list[dict]) -> dict:

@@ -10,10 +10,10 @@ import httpx
 import numpy as np
 import pytest
 
-from artifact.manifest import Artifact
+from artifact.hardware import cuda_usable
 from artifact.pooling import l2_normalize, pad_batch
+from service.backends.onnx import CUDA, OnnxBackend
 from service.config import load_settings
-from service.runtime import CUDA, Runtime, cuda_usable
 from tests.support.server import ARTIFACT
 
 pytestmark = [
@@ -30,9 +30,9 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def cuda_runtime() -> Runtime:
+def cuda_runtime() -> OnnxBackend:
     settings = load_settings({"model_dir": str(ARTIFACT), "device": "cuda"}, {})
-    return Runtime.load(Artifact.load(ARTIFACT), settings)
+    return OnnxBackend.load(ARTIFACT, settings)
 
 
 def test_auto_placement_chooses_cuda_with_the_fp16_graph(cuda_runtime):

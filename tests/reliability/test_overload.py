@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from service.runtime import usable_cores
+from service.backends.onnx import usable_cores
 from tests.reliability.drain import GRACE_S, check_drain, health_until_stopped
 from tests.reliability.load import (
     RssSampler,

@@ -86,14 +86,16 @@ class TokenList(_message.Message):
     def __init__(self, tokens: _Optional[_Iterable[_Union[Token, _Mapping]]] = ...) -> None: ...
 
 class Error(_message.Message):
-    __slots__ = ("code", "code_name", "message")
+    __slots__ = ("code", "code_name", "message", "type")
     CODE_FIELD_NUMBER: _ClassVar[int]
     CODE_NAME_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
     code: int
     code_name: str
     message: str
-    def __init__(self, code: _Optional[int] = ..., code_name: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    type: str
+    def __init__(self, code: _Optional[int] = ..., code_name: _Optional[str] = ..., message: _Optional[str] = ..., type: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("tokens",)

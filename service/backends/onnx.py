@@ -1,19 +1,20 @@
-"""onnxruntime sessions for an artifact: provider choice, threads, warm-up, IO binding."""
+"""The onnxruntime backend: an artifact's sessions, provider choice, threads, warm-up, IO binding."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from tokenizers import Tokenizer
 
 from artifact.hardware import cuda_usable
 from artifact.manifest import (
@@ -26,29 +27,14 @@ from artifact.manifest import (
     Artifact,
     ArtifactError,
 )
+from service.backends.base import ModelSpec, Placement
 from service.config import Settings
+from service.core.batcher import lower_thread_priority
 
 log = logging.getLogger(__name__)
 
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
-
-
-def lower_thread_priority(nice: int) -> None:
-    """Gives the calling thread (and the threads it creates later) a lower CPU priority.
-
-    On Linux a nice value belongs to one thread and new threads inherit it, so onnxruntime's
-    pool threads, created from a lowered thread, yield the cores to the event loop whenever
-    it has work: parsing, refusing and answering never wait behind a batch. A no-op elsewhere,
-    where setpriority would lower the whole process.
-    """
-    if nice <= 0 or sys.platform != "linux":
-        return
-    tid = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
-    except OSError as exc:
-        log.warning("could not lower the inference threads' priority: %s", exc)
 
 
 def usable_cores() -> int:
@@ -139,7 +125,7 @@ def compute_threads(settings: Settings, provider: str, cores: int) -> tuple[int,
 
     On the CPU two single-threaded workers beat one two-threaded one under load: a batch's
     parallel sections wait for their slowest thread, and the serving loop (at a higher
-    priority) keeps taking a core from one of them (README, performance notes). A batch that
+    priority) keeps taking a core from one of them (docs/performance.md). A batch that
     starts alone still gets every core (GraphRunner.solo). An explicit --intra-op-threads
     keeps its old meaning (the compute threads in all) unless --inference-workers is set too.
     A GPU runs one batch at a time.
@@ -214,22 +200,30 @@ def load_runner(
 
 
 @dataclass
-class Runtime:
-    """The fast graph (embeddings, token embeddings) and the attention graph, ready to run."""
+class OnnxBackend:
+    """An artifact's fast graph (embeddings, token embeddings) and attention graph, ready to run."""
 
+    spec: ModelSpec
+    tokenizer: Tokenizer
     fast: GraphRunner
     attention: GraphRunner
     workers: int  # fast-graph batches computed at once (the attention graph runs one at a time)
     threads: int  # intra-op threads of each
 
+    @property
+    def placement(self) -> Placement:
+        return Placement(provider=self.fast.provider, precision=self.fast.precision, graph=self.fast.file)
+
     @classmethod
-    def load(cls, artifact: Artifact, settings: Settings) -> Runtime:
+    def load(cls, model_dir: Path, settings: Settings) -> OnnxBackend:
+        """Verifies the artifact's checksums, then creates its sessions."""
+        artifact = Artifact.load(model_dir)
         # sessions are created on a thread of lowered priority: onnxruntime's pool threads inherit it
         with ThreadPoolExecutor(1, "runtime-load", lower_thread_priority, (settings.inference_nice,)) as thread:
             return thread.submit(cls._load, artifact, settings).result()
 
     @classmethod
-    def _load(cls, artifact: Artifact, settings: Settings) -> Runtime:
+    def _load(cls, artifact: Artifact, settings: Settings) -> OnnxBackend:
         provider, role = choose_placement(artifact, settings)
         workers, threads = compute_threads(settings, provider, usable_cores())
         solo_threads = workers * threads if provider == CPU and workers > 1 else 0
@@ -247,11 +241,34 @@ class Runtime:
             workers,
             threads,
         )
-        return cls(fast, attention, workers, threads)
+        m = artifact.manifest
+        spec = ModelSpec(
+            name=m.name,
+            version=m.version,
+            d_model=m.d_model,
+            n_layers=m.n_layers,
+            n_heads=m.n_heads,
+            max_len=m.max_len,
+            pooling=m.pooling,
+            normalize=m.normalize,
+        )
+        tokenizer = Tokenizer.from_file(str(artifact.tokenizer_path))
+        tokenizer.enable_truncation(max_length=m.max_len)
+        tokenizer.no_padding()
+        return cls(spec, tokenizer, fast, attention, workers, threads)
 
-    def warm_up(self, max_len: int) -> float:
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        (hidden,) = self.fast.run(input_ids, attention_mask)
+        return hidden
+
+    def attend(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        hidden, probs = self.attention.run(input_ids, attention_mask)
+        return hidden, probs
+
+    def warm_up(self) -> float:
         """Run each graph on short and long inputs so the first request pays no allocation."""
         started = time.perf_counter()
+        max_len = self.spec.max_len
         for runner in (self.fast, self.attention):
             for batch, length in ((1, 8), (4, min(max_len, 64)), (2, max_len)):
                 ids = np.full((batch, length), 100, dtype=np.int64)

@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
+from service.backends.onnx import CPU, CUDA, GraphRunner, compute_threads
 from service.config import load_settings
-from service.runtime import CPU, CUDA, GraphRunner, compute_threads
 
 
 class FakeSession:

@@ -1,18 +1,10 @@
-"""One process, two servers: uvicorn (REST) and grpc.aio in one asyncio loop, one shutdown path.
-
-Start-up: both servers listen first (liveness answers, readiness says "loading"), then the
-model loads and warms up, then readiness turns true. SIGTERM/SIGINT: readiness false and
-gRPC health NOT_SERVING at once, new requests get 503 / UNAVAILABLE, in-flight requests
-finish within shutdown_grace_s, then both servers stop and the process exits 0.
-"""
+"""uvicorn for the REST app: a guarded h11 protocol, the server config, and port discovery."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
-import signal
 from collections.abc import Iterator
 
 import h11
@@ -20,9 +12,6 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.config import Settings
-from service.grpc_server import start_grpc_server
-from service.pipeline import Engine
-from service.rest import create_app
 
 log = logging.getLogger("mhaserve")
 
@@ -148,77 +137,3 @@ def http_config(app: object, settings: Settings) -> uvicorn.Config:
         timeout_graceful_shutdown=5,
         **tls,  # type: ignore[arg-type]
     )
-
-
-GRPC_STOP_GRACE_S = 1.0
-QUIET_S = 0.25  # no request for this long: the clients have gone elsewhere
-
-
-async def until_traffic_stops(engine: Engine, until: float) -> None:
-    """While draining, keep refusing (503 / UNAVAILABLE) until no request has come for QUIET_S,
-    or until `until`. A gRPC server that stops while calls still arrive cancels, not refuses,
-    those it has received but not yet handed to the application (grpc-python's aio server)."""
-    loop = asyncio.get_running_loop()
-    seen = engine.metrics.answered
-    while loop.time() + QUIET_S < until:
-        await asyncio.sleep(QUIET_S)
-        if engine.metrics.answered == seen:
-            return
-        seen = engine.metrics.answered
-
-
-async def serve(settings: Settings) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-    engine = Engine(settings)
-    app = create_app(engine)
-    http = HttpServer(http_config(app, settings))
-    http_task = asyncio.create_task(http.serve(), name="http")
-    while not http.started:
-        if http_task.done():  # e.g. the port is taken
-            await http_task
-            raise OSError(f"the REST server could not start on {settings.host}:{settings.http_port}")
-        await asyncio.sleep(0.01)
-    grpc_server = await start_grpc_server(engine, settings)
-    scheme = "https" if settings.tls_cert is not None else "http"
-    log.info(
-        "listening: REST %s://%s:%d  gRPC %s:%d", scheme, settings.host, http.port, settings.host, grpc_server.port
-    )
-    if settings.tls_cert is not None:
-        mtls = ", client certificates required on gRPC" if settings.tls_client_ca is not None else ""
-        log.info("TLS on for REST and gRPC%s", mtls)
-
-    loading = asyncio.create_task(engine.start(), name="model-load")
-    await asyncio.wait([loading, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-    if loading.done():
-        try:
-            loading.result()
-        except BaseException:
-            http.should_exit = True
-            await grpc_server.stop(0)
-            await http_task
-            raise
-        # what start-up built (modules, the app, sessions) lives as long as the process: moved out
-        # of the collector's reach, a full collection no longer walks it and pauses the event
-        # loop for a fraction of the time
-        gc.collect()
-        gc.freeze()
-        grpc_server.set_serving()
-        log.info("ready: %s", engine.info)
-        await stop.wait()
-    else:
-        loading.cancel()
-
-    log.info("shutting down: draining in-flight requests (grace %.0f s)", settings.shutdown_grace_s)
-    stop_by = loop.time() + settings.shutdown_grace_s
-    grpc_server.set_not_serving()
-    await engine.stop(settings.shutdown_grace_s)
-    await until_traffic_stops(engine, stop_by - GRPC_STOP_GRACE_S)
-    http.should_exit = True
-    await http_task
-    # in-flight RPCs already finished in engine.stop; a short grace lets their answers flush
-    await grpc_server.stop(GRPC_STOP_GRACE_S)
-    log.info("stopped")

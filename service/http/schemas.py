@@ -148,6 +148,7 @@ class ModelCard(BaseModel):
     normalize: bool
     provider: str
     precision: str
+    graph: str = Field(description="file of the fast graph in use")
 
 
 class ModelList(BaseModel):
@@ -162,6 +163,12 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+class KServeErrorResponse(BaseModel):
+    """The Open Inference Protocol's error shape, which tritonclient reads (the /v2 routes)."""
+
+    error: str
 
 
 class HealthResponse(BaseModel):
@@ -217,6 +224,7 @@ def tokenize_response(result: TokenizeResult) -> dict:
 
 
 def model_card(info: ModelInfo) -> dict:
+    """Every ModelInfo field (under the names the OpenAI model list and our clients read)."""
     return {
         "id": info.name,
         "object": "model",
@@ -231,4 +239,14 @@ def model_card(info: ModelInfo) -> dict:
         "normalize": info.normalize,
         "provider": info.provider,
         "precision": info.precision,
+        "graph": info.graph,
+    }
+
+
+def timing_headers(result: EmbedResult) -> dict[str, str]:
+    t = result.timings
+    return {
+        "x-queue-time-ms": f"{t.queue_ms:.2f}",
+        "x-inference-time-ms": f"{t.inference_ms:.2f}",
+        "x-tokenize-time-ms": f"{t.tokenize_ms:.2f}",
     }

@@ -1,0 +1,1 @@
+"""Runtimes behind one small protocol: the engine batches, a backend computes."""

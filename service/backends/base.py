@@ -1,0 +1,57 @@
+"""The Backend protocol: what the engine needs from a runtime, and nothing more.
+
+A backend computes padded batches of token ids (right padding, mask 0 on the tail). It is
+called from the batcher's worker threads, `workers` batches at a time on the fast path
+and one at a time on the attention path, so its methods must be thread-safe and should
+release the GIL while they compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from tokenizers import Tokenizer
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """What the engine must know about the model a backend computes (from its manifest)."""
+
+    name: str
+    version: str
+    d_model: int
+    n_layers: int
+    n_heads: int
+    max_len: int
+    pooling: str  # the default: mean | cls
+    normalize: bool  # the default
+
+
+@dataclass(frozen=True, kw_only=True)
+class Placement:
+    """Where and how the fast graph runs: reported in /v1/models and the model_info metric."""
+
+    provider: str  # "CPUExecutionProvider" | "CUDAExecutionProvider" | "fake"
+    precision: str  # fp32 | fp16 | int8
+    graph: str  # file of the fast graph in use
+
+
+class Backend(Protocol):
+    spec: ModelSpec
+    tokenizer: Tokenizer  # truncation at spec.max_len, no padding
+    placement: Placement
+    workers: int  # fast-path batches computed at once
+
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """(B, T) int64 ids and mask -> hidden states (B, T, C) float32."""
+        ...
+
+    def attend(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """-> hidden states (B, T, C) and attention probabilities (B, layers, heads, T, T), float32."""
+        ...
+
+    def warm_up(self) -> float:
+        """Runs each path once on short and long inputs; returns the seconds it took."""
+        ...

@@ -1,0 +1,145 @@
+"""Admission and limits: what a request may ask for, and whether the queue has room for it.
+
+Checks run cheapest first: a request's shape and options before it is tokenized, a guess
+at its tokens against the queue's room before tokenizing (a refusal under overload then
+costs no tokenizer round trip), and the exact token count when it is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
+
+from service.backends.base import ModelSpec
+from service.config import Settings
+from service.errors import InvalidRequest, Overloaded, PayloadTooLarge
+from service.types import AttentionSelection
+
+
+class Admission:
+    def __init__(
+        self,
+        settings: Settings,
+        spec: ModelSpec,
+        queued_tokens: Callable[[], int],
+        on_inflight: Callable[[int], None] = lambda n: None,
+    ):
+        self.settings = settings
+        self.spec = spec
+        self.queued_tokens = queued_tokens
+        self.on_inflight = on_inflight
+        self.inflight = 0
+        self.tokenizing = 0  # admitted requests not yet queued: company for a waiting batch
+        self.tokenizing_tokens = 0  # their estimated tokens, counted against the queue's room
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    # the request's shape ---------------------------------------------------------------
+
+    def check_inputs(self, inputs: tuple[str, ...]) -> None:
+        if not inputs:
+            raise InvalidRequest("inputs is empty: send at least one string")
+        limit = self.settings.max_inputs_per_request
+        if len(inputs) > limit:
+            raise InvalidRequest(f"{len(inputs)} inputs in one request, the limit is {limit}: split the request")
+        for i, text in enumerate(inputs):
+            if not isinstance(text, str):
+                raise InvalidRequest(f"inputs[{i}] must be a string, got {type(text).__name__}")
+            if not text:
+                raise InvalidRequest(f"inputs[{i}] is an empty string: send some text")
+
+    def check_pooling(self, pooling: str | None) -> str:
+        pooling = pooling or self.spec.pooling
+        if pooling not in ("mean", "cls"):
+            raise InvalidRequest(f"pooling {pooling!r} is not supported: use 'mean' or 'cls'")
+        return pooling
+
+    def resolve_attention(self, selection: AttentionSelection | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        if selection is None:
+            return (), ()
+        layers = indices(selection.layers, self.spec.n_layers, "layer")
+        heads = indices(selection.heads, self.spec.n_heads, "head")
+        return layers, heads
+
+    def check_attention_values(self, layers: int, heads: int, lengths: list[int]) -> None:
+        values = sum(layers * heads * n * n for n in lengths)
+        limit = self.settings.max_attention_values
+        if values > limit:
+            raise PayloadTooLarge(
+                f"the attention answer would hold {values:,} values, over the limit of {limit:,}: ask for fewer "
+                "layers or heads, shorter or fewer inputs, or raise --max-attention-values"
+            )
+
+    # the queue's room ------------------------------------------------------------------
+
+    def estimate_tokens(self, inputs: tuple[str, ...]) -> int:
+        """Tokens a request will hold, guessed without tokenizing: its words plus [CLS] and [SEP]
+        (WordPiece gives ordinary text at least a token per word), at most max_len per input."""
+        max_len = self.spec.max_len
+        return sum(min(max_len, len(text.split()) + 2) for text in inputs)
+
+    def refuse_when_full(self, estimate: int) -> None:
+        """Refuses before tokenizing when the queue clearly has no room. Only while other work is
+        queued, and never for a request too big for any queue (that gets its exact 413 after
+        tokenizing); `check_room` makes the exact decision for everything let through."""
+        queued, limit = self.queued_tokens(), self.settings.max_queue_tokens
+        if queued and estimate <= limit and queued + self.tokenizing_tokens + estimate > limit:
+            raise self.at_capacity(queued)
+
+    def check_room(self, tokens: int) -> None:
+        limit = self.settings.max_queue_tokens
+        if tokens > limit:
+            raise PayloadTooLarge(
+                f"this request holds {tokens:,} tokens, more than the whole queue takes ({limit:,}): "
+                "split it into smaller requests"
+            )
+        queued = self.queued_tokens()
+        if queued + tokens > limit:
+            raise self.at_capacity(queued)
+
+    def at_capacity(self, queued: int) -> Overloaded:
+        return Overloaded(
+            f"the server is at capacity ({queued:,} tokens queued, limit {self.settings.max_queue_tokens:,}); "
+            "retry after the Retry-After interval",
+            retry_after_s=1,
+        )
+
+    # what is in flight -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def in_flight(self) -> Iterator[None]:
+        self.inflight += 1
+        self.idle.clear()
+        self.on_inflight(self.inflight)
+        try:
+            yield
+        finally:
+            self.inflight -= 1
+            self.on_inflight(self.inflight)
+            if self.inflight == 0:
+                self.idle.set()
+
+    @contextlib.contextmanager
+    def being_tokenized(self, estimate: int) -> Iterator[None]:
+        self.tokenizing += 1
+        self.tokenizing_tokens += estimate
+        try:
+            yield
+        finally:
+            self.tokenizing -= 1
+            self.tokenizing_tokens -= estimate
+
+
+def indices(chosen: tuple[int, ...] | None, count: int, what: str) -> tuple[int, ...]:
+    """None means all; an empty selection, an unknown index or a repeated one is refused."""
+    if chosen is None:
+        return tuple(range(count))
+    if not chosen:
+        raise InvalidRequest(f"the attention {what} selection is empty: list at least one {what}, or ask for all")
+    for value in chosen:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < count:
+            raise InvalidRequest(f"{what} {value!r} does not exist: the model has {what}s 0..{count - 1}")
+    if len(set(chosen)) != len(chosen):
+        raise InvalidRequest(f"the attention {what} selection lists a {what} twice: {list(chosen)}")
+    return tuple(chosen)

@@ -1,0 +1,260 @@
+"""The Engine: admit → tokenize → batch → run → post-process → typed result.
+
+Every transport calls `Engine.embed` / `Engine.tokenize` / `Engine.model_info` with a typed
+request and formats the typed result; limits, batching, errors and readiness are decided
+here, once. The engine computes through a `Backend` and knows nothing of onnxruntime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+from tokenizers import Encoding
+
+from service.backends.base import Backend
+from service.config import Settings
+from service.core.admission import Admission
+from service.core.batcher import Batcher, BatchStats, Job, Sequence, lower_thread_priority
+from service.core.health import Health, Status
+from service.core.postprocess import SequenceOptions, SequenceResult, batch_inputs, split_batch
+from service.core.tokenization import TokenizerWorker, to_tokens
+from service.errors import DeadlineExceeded, InvalidRequest, MhaserveError, NotReady
+from service.metrics import Metrics
+from service.types import EmbedRequest, EmbedResult, ModelInfo, Timings, TokenizeRequest, TokenizeResult
+
+log = logging.getLogger(__name__)
+
+PROBE_TEXT = "mhaserve readiness probe"  # what the recovery probe embeds
+FAST, ATTENTION = "fast", "attention"  # the two paths, named as the metrics name them
+
+
+class Engine:
+    def __init__(self, settings: Settings, load_backend: Callable[[], Backend], metrics: Metrics | None = None):
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.health = Health(self._probe, settings.recovery_probe_s)
+        self._load_backend = load_backend
+        self.backend: Backend | None = None
+        self.info: ModelInfo | None = None
+        self.admission: Admission | None = None
+        self._batchers: dict[str, Batcher] = {}
+        self._tokenizer: TokenizerWorker | None = None
+
+    # lifecycle -------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.health.ready
+
+    @property
+    def status(self) -> Status:
+        return self.health.status
+
+    @property
+    def draining(self) -> bool:
+        return self.health.draining
+
+    @property
+    def inflight(self) -> int:
+        return self.admission.inflight if self.admission else 0
+
+    async def start(self) -> None:
+        """Load the backend (verifying its artifact), warm up; only then is the engine ready."""
+        loop = asyncio.get_running_loop()
+        backend = self.backend = await loop.run_in_executor(None, self._load_backend)
+        warm_s = await loop.run_in_executor(None, backend.warm_up)
+        log.info("warm-up took %.2f s", warm_s)
+        spec, placement = backend.spec, backend.placement
+        self.info = ModelInfo(
+            name=spec.name,
+            version=spec.version,
+            d_model=spec.d_model,
+            n_layers=spec.n_layers,
+            n_heads=spec.n_heads,
+            max_len=spec.max_len,
+            pooling=spec.pooling,
+            normalize=spec.normalize,
+            provider=placement.provider,
+            precision=placement.precision,
+            graph=placement.graph,
+        )
+        self.metrics.model_info.labels(spec.name, spec.version, placement.provider, placement.precision).set(1)
+        self.admission = Admission(self.settings, spec, self._queued_tokens, self.metrics.inflight.set)
+        self._tokenizer = TokenizerWorker(backend.tokenizer)
+        s = self.settings
+
+        def run_fast(batch: list[Sequence]) -> list[SequenceResult]:
+            options = [sequence.payload for sequence in batch]
+            input_ids, attention_mask = batch_inputs(options)
+            return split_batch(backend.embed(input_ids, attention_mask), attention_mask, options, attention=None)
+
+        def run_attention(batch: list[Sequence]) -> list[SequenceResult]:
+            options = [sequence.payload for sequence in batch]
+            input_ids, attention_mask = batch_inputs(options)
+            hidden, probs = backend.attend(input_ids, attention_mask)
+            return split_batch(hidden, attention_mask, options, attention=probs)
+
+        self._batchers = {
+            FAST: self._batcher(FAST, run_fast, s.max_batch_tokens, backend.workers),
+            ATTENTION: self._batcher(ATTENTION, run_attention, s.attention_max_batch_tokens, workers=1),
+        }
+        for batcher in self._batchers.values():
+            batcher.start()
+        self.health.mark_started()
+
+    def _batcher(
+        self, path: str, run: Callable[[list[Sequence]], list], max_batch_tokens: int, workers: int
+    ) -> Batcher:
+        return Batcher(
+            path,
+            run,
+            max_batch_size=self.settings.max_batch_size,
+            max_batch_tokens=max_batch_tokens,
+            max_wait_ms=self.settings.max_wait_ms,
+            on_batch=lambda stats: self._observe_batch(path, stats),
+            on_drop=self._observe_drop,
+            on_depth=self._observe_depth,
+            more_coming=self._more_coming if self.settings.batch_wait == "adaptive" else None,
+            thread_initializer=functools.partial(lower_thread_priority, self.settings.inference_nice),
+            workers=workers,
+        )
+
+    def begin_drain(self) -> None:
+        """Readiness turns false and new requests are refused; in-flight ones go on."""
+        self.health.begin_drain()
+
+    async def stop(self, grace_s: float) -> None:
+        self.begin_drain()
+        if self.admission is not None:
+            try:
+                await asyncio.wait_for(self.admission.idle.wait(), grace_s)
+            except TimeoutError:
+                log.warning("%d requests still in flight after the %.0f s grace period", self.inflight, grace_s)
+        for batcher in self._batchers.values():
+            await batcher.stop()
+        if self._tokenizer:
+            self._tokenizer.close()
+
+    # requests --------------------------------------------------------------------------
+
+    def model_info(self) -> ModelInfo:
+        """The served model; NotReady while loading or draining, as for every data call."""
+        self.health.admit()
+        assert self.info is not None
+        return self.info
+
+    async def embed(self, request: EmbedRequest, is_disconnected: Callable[[], bool] | None = None) -> EmbedResult:
+        admission = self._admit()
+        pooling = admission.check_pooling(request.pooling)
+        admission.check_inputs(request.inputs)
+        layers, heads = admission.resolve_attention(request.attention)
+        deadline = time.monotonic() + (request.timeout_s or self.settings.request_timeout_s)
+        estimate = admission.estimate_tokens(request.inputs)
+        admission.refuse_when_full(estimate)
+        with admission.in_flight():
+            started = time.monotonic()
+            with admission.being_tokenized(estimate):
+                encodings = await self._encode(request.inputs, request.truncate)
+            tokenize_s = time.monotonic() - started
+            lengths = [len(e.ids) for e in encodings]
+            if request.attention is not None:
+                admission.check_attention_values(len(layers), len(heads), lengths)
+            job = Job(len(encodings), deadline, is_disconnected)
+            options = dict(
+                pooling=pooling, normalize=request.normalize, token_embeddings=request.return_token_embeddings
+            )
+            sequences = [
+                Sequence(job, i, lengths[i], SequenceOptions(e.ids, layers=layers, heads=heads, **options))
+                for i, e in enumerate(encodings)
+            ]
+            admission.check_room(sum(lengths))
+            self._batchers[ATTENTION if request.attention is not None else FAST].submit(sequences)
+            results: list[SequenceResult] = await self._wait(job, deadline)
+            self.metrics.tokens.inc(sum(lengths))
+            return EmbedResult(
+                model=self.info.name if self.info else "",
+                embeddings=np.stack([r.embedding for r in results]),
+                tokens=[to_tokens(e) for e in encodings] if request.return_tokens else None,
+                token_embeddings=[r.token_embeddings for r in results] if request.return_token_embeddings else None,
+                attention=[r.attention for r in results] if request.attention is not None else None,
+                attention_layers=layers,
+                attention_heads=heads,
+                token_counts=tuple(lengths),
+                timings=Timings(
+                    queue_ms=job.queue_s * 1000.0,
+                    inference_ms=job.inference_s * 1000.0,
+                    tokenize_ms=tokenize_s * 1000.0,
+                ),
+            )
+
+    async def tokenize(self, request: TokenizeRequest) -> TokenizeResult:
+        admission = self._admit()
+        admission.check_inputs(request.inputs)
+        with admission.in_flight():
+            encodings = await self._encode(request.inputs, request.truncate)
+            return TokenizeResult(model=self.model_info().name, tokens=[to_tokens(e) for e in encodings])
+
+    # helpers ---------------------------------------------------------------------------
+
+    def _admit(self) -> Admission:
+        self.health.admit()
+        assert self.admission is not None
+        return self.admission
+
+    def _more_coming(self) -> bool:
+        return self.admission is not None and self.admission.tokenizing > 0
+
+    async def _encode(self, inputs: tuple[str, ...], truncate: bool) -> list[Encoding]:
+        assert self._tokenizer is not None and self.info is not None
+        encodings = await self._tokenizer.encode(list(inputs))
+        if not truncate:
+            for i, encoding in enumerate(encodings):
+                if encoding.overflowing:
+                    raise InvalidRequest(
+                        f"inputs[{i}] is longer than the model's {self.info.max_len} tokens: "
+                        "shorten it, or send truncate: true to cut it there"
+                    )
+        return encodings
+
+    def _queued_tokens(self) -> int:
+        return sum(b.queued_tokens for b in self._batchers.values())
+
+    async def _wait(self, job: Job, deadline: float) -> list:
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), max(deadline - time.monotonic(), 0.0))
+        except TimeoutError:
+            error = DeadlineExceeded("the request's deadline passed before it was computed; retry or allow more time")
+            job.fail(error)  # the batcher drops its sequences if they are still queued
+            raise error from None
+        except asyncio.CancelledError:
+            job.fail(NotReady("request cancelled"))
+            raise
+
+    async def _probe(self) -> None:
+        await self.embed(EmbedRequest(inputs=(PROBE_TEXT,)))
+
+    # metrics ---------------------------------------------------------------------------
+
+    def _observe_batch(self, path: str, stats: BatchStats) -> None:
+        self.health.batch_done(stats.ok)
+        if not stats.ok:
+            return
+        m = self.metrics
+        m.inference_duration.labels(path).observe(stats.inference_s)
+        m.batch_size.observe(stats.size)
+        m.batch_tokens.observe(stats.padded_tokens)
+        m.padding_ratio.observe(1.0 - stats.real_tokens / stats.padded_tokens)
+        for seconds in stats.queue_s:
+            m.queue_duration.observe(seconds)
+
+    def _observe_drop(self, error: MhaserveError) -> None:
+        reason = "deadline" if isinstance(error, DeadlineExceeded) else "cancelled"
+        self.metrics.dropped.labels(reason).inc()
+
+    def _observe_depth(self) -> None:
+        self.metrics.queue_depth.set(self._queued_tokens())

@@ -1,0 +1,124 @@
+"""The gRPC edge, once for every method: key check, parsing, error -> status, metrics.
+
+Methods take raw request bytes and parse them here, because grpc-python answers bytes that
+don't parse with UNKNOWN before any handler runs; a client that sends garbage should get
+INVALID_ARGUMENT, as a REST client gets 422. Each servicer lists its methods once, in its
+RPCS table (name, request type, whether a key is needed); the handlers come from that table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from service.auth import ApiKeys
+from service.errors import ERROR_TYPE_METADATA, InvalidRequest, MhaserveError
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext
+
+
+@dataclass(frozen=True)
+class Rpc:
+    name: str
+    request_type: type[Message]
+    needs_key: bool = True
+    streaming: bool = False  # stream in, stream out: per-request errors travel in the stream
+
+
+class Servicer(Protocol):
+    RPCS: tuple[Rpc, ...]
+
+
+def parse(message_type: type[Message], raw: bytes) -> Any:
+    message = message_type()
+    try:
+        message.ParseFromString(raw)
+    except DecodeError as exc:
+        raise InvalidRequest(
+            f"the request is not a valid {message_type.DESCRIPTOR.full_name} message ({exc})"
+        ) from None
+    return message
+
+
+def authorization(context: Context) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
+
+
+def serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+def time_remaining(context: Context) -> float | None:
+    """The client's deadline as the request's timeout; None when it set none."""
+    remaining = context.time_remaining()
+    return None if remaining is None else max(remaining, 1e-3)
+
+
+class Edge:
+    def __init__(self, keys: ApiKeys, metrics: Metrics):
+        self.keys, self.metrics = keys, metrics
+
+    def service_handler(self, service: str, servicer: Servicer) -> grpc.GenericRpcHandler:
+        handlers = {}
+        for rpc in servicer.RPCS:
+            method = getattr(servicer, rpc.name)
+            handlers[rpc.name] = self._stream(rpc, method) if rpc.streaming else self._unary(rpc, method)
+        self.metrics.declare_routes("grpc", [rpc.name for rpc in servicer.RPCS])
+        return grpc.method_handlers_generic_handler(service, handlers)
+
+    async def abort(self, context: Context, error: MhaserveError) -> None:
+        self.metrics.observe_error(error)
+        context.set_trailing_metadata(((ERROR_TYPE_METADATA, error.type),))
+        await context.abort(error.grpc_code, error.message)
+
+    def _unary(self, rpc: Rpc, method: Callable[[Any, Context], Awaitable[Message]]) -> grpc.RpcMethodHandler:
+        async def call(raw: bytes, context: Context) -> Message:
+            started, code = time.perf_counter(), "OK"
+            try:
+                if rpc.needs_key:
+                    self.keys.check(authorization(context))
+                return await method(parse(rpc.request_type, raw), context)
+            except MhaserveError as error:
+                code = error.grpc_code.name
+                await self.abort(context, error)
+                raise  # abort() raises; never reached
+            except asyncio.CancelledError:
+                code = "CANCELLED"  # the client went away, or its deadline passed
+                raise
+            except Exception:
+                code = "INTERNAL"
+                log.exception("%s failed", rpc.name)
+                await context.abort(grpc.StatusCode.INTERNAL, f"{rpc.name} failed inside the server; see its log")
+                raise
+            finally:
+                self.metrics.observe_request("grpc", rpc.name, code, time.perf_counter() - started)
+
+        return grpc.unary_unary_rpc_method_handler(call, request_deserializer=None, response_serializer=serialize)
+
+    def _stream(self, rpc: Rpc, method: Callable[[AsyncIterator[bytes], Context], AsyncIterator[Message]]):
+        """Only a refused key ends the call; the servicer answers each request's error in the stream."""
+
+        async def call(raws: AsyncIterator[bytes], context: Context) -> AsyncIterator[Message]:
+            if rpc.needs_key:
+                try:
+                    self.keys.check(authorization(context))
+                except MhaserveError as error:
+                    self.metrics.observe_request("grpc", rpc.name, error.grpc_code.name, 0.0)
+                    await self.abort(context, error)
+            async for response in method(raws, context):
+                yield response
+
+        return grpc.stream_stream_rpc_method_handler(call, request_deserializer=None, response_serializer=serialize)

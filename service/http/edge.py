@@ -1,0 +1,204 @@
+"""The REST edge, once for every route: error -> answer, body limit, disconnect, metrics.
+
+Routes raise `MhaserveError`s and return `json_response`s; everything a route would
+otherwise repeat lives here. Errors on the KServe routes (/v2...) take the protocol's
+shape, {"error": message}, which tritonclient reads; every other route answers
+{"error": {"type", "message"}}. Both carry the same status and headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.core.engine import Engine
+from service.errors import InvalidRequest, MhaserveError, NotFound, Overloaded, PayloadTooLarge, Unauthenticated
+from service.http.schemas import ErrorResponse, KServeErrorResponse
+from service.metrics import Metrics
+from service.types import EmbedRequest, EmbedResult
+
+KSERVE_PREFIX = "/v2"
+
+
+def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    content = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(content, status_code=status, media_type="application/json", headers=headers)
+
+
+def error_response(error: MhaserveError, path: str) -> Response:
+    headers = {}
+    if isinstance(error, Overloaded):
+        headers["Retry-After"] = str(error.retry_after_s)
+    if isinstance(error, Unauthenticated):
+        headers["WWW-Authenticate"] = "Bearer"
+    if path.startswith(KSERVE_PREFIX):
+        body: dict[str, Any] = {"error": error.message}
+    else:
+        body = {"error": {"type": error.type, "message": error.message}}
+    return json_response(body, error.http_status, headers)
+
+
+class HttpError(MhaserveError):
+    """An error Starlette itself raised (e.g. 405), passed on with its status."""
+
+    type = "http_error"
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def http_status(self) -> int:
+        return self.status
+
+
+def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    @app.exception_handler(MhaserveError)
+    async def on_error(request: Request, error: MhaserveError) -> Response:
+        metrics.observe_error(error)
+        return error_response(error, request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> Response:
+        return await on_error(request, InvalidRequest(describe_validation(exc)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            return await on_error(request, NotFound(f"no route {request.url.path}: see /docs for the API"))
+        if exc.status_code == 400:  # FastAPI could not read the body (not UTF-8, too deeply nested, ...)
+            return await on_error(request, InvalidRequest(f"the body could not be read as UTF-8 JSON ({exc.detail})"))
+        response = await on_error(request, HttpError(str(exc.detail), exc.status_code))
+        response.headers.update(exc.headers or {})  # e.g. Allow, on a 405
+        return response
+
+
+def describe_validation(exc: RequestValidationError) -> str:
+    """pydantic's errors as one sentence naming each field and what it must be."""
+    parts = []
+    for error in exc.errors()[:5]:
+        location = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{location}: {error.get('msg', 'invalid')}")
+    more = len(exc.errors()) - 5
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+async def embed_until_disconnected(engine: Engine, request: Request, embed_request: EmbedRequest) -> EmbedResult:
+    """engine.embed, told when the client goes away so its queued work is dropped unrun.
+
+    After the body is read, the next ASGI message is the client's disconnect, if any."""
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+                return
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await engine.embed(embed_request, is_disconnected=gone.is_set)
+    finally:
+        watcher.cancel()
+
+
+ERROR_MEANINGS = {
+    401: "missing or wrong API key",
+    404: "no such route, model or version",
+    413: "body over max_request_bytes, or attention answer over max_attention_values",
+    422: "invalid input; the message says what to change",
+    429: "queue full; retry after Retry-After seconds",
+    500: "inference failed for this request's batch (other requests are unaffected)",
+    503: "not ready: loading or shutting down",
+    504: "deadline passed",
+}
+DATA_ROUTE_ERRORS = (401, 413, 422, 429, 500, 503, 504)
+
+
+def error_responses(*statuses: int, kserve: bool = False) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the error statuses a route may answer."""
+    model = KServeErrorResponse if kserve else ErrorResponse
+    return {status: {"model": model, "description": ERROR_MEANINGS[status]} for status in statuses}
+
+
+class BodyLimit:
+    """Refuse a body over the limit while reading it: by Content-Length before the first byte,
+    else as soon as the running total passes it; the app then gets the body replayed."""
+
+    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics):
+        self.app, self.limit, self.metrics = app, limit, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        too_large = PayloadTooLarge(
+            f"request body is over the {self.limit:,}-byte limit: send fewer or shorter inputs "
+            "(the server's max_request_bytes setting)"
+        )
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                return await self._refuse(too_large, scope, send)
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.limit:
+                return await self._refuse(too_large, scope, send)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, error: MhaserveError, scope: Scope, send: Send) -> None:
+        self.metrics.observe_error(error)
+        response = error_response(error, scope["path"])
+        response.headers["connection"] = "close"
+        await response(scope, None, send)  # type: ignore[arg-type]
+
+
+class RequestMetrics:
+    """Counts and times every answer by route template and status code."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "other"
+            self.metrics.observe_request("http", path, str(status), time.perf_counter() - started)

@@ -1,0 +1,36 @@
+"""/v1/embed and /v1/tokenize: mhaserve's own API."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from service.http.deps import Authorized, EngineDep
+from service.http.edge import DATA_ROUTE_ERRORS, embed_until_disconnected, error_responses, json_response
+from service.http.schemas import (
+    EmbedBody,
+    EmbedResponse,
+    TokenizeBody,
+    TokenizeResponse,
+    as_tuple,
+    embed_response,
+    timing_headers,
+    tokenize_response,
+)
+from service.types import TokenizeRequest
+
+router = APIRouter(tags=["embeddings"])
+
+
+@router.post("/v1/embed", response_model=EmbedResponse, responses=error_responses(*DATA_ROUTE_ERRORS))
+async def embed(body: EmbedBody, request: Request, engine: EngineDep, _: Authorized) -> Response:
+    """Pooled embeddings; on request word pieces, per-token embeddings and attention."""
+    result = await embed_until_disconnected(engine, request, body.to_request())
+    return json_response(embed_response(result, body.encoding), headers=timing_headers(result))
+
+
+@router.post("/v1/tokenize", response_model=TokenizeResponse, responses=error_responses(*DATA_ROUTE_ERRORS))
+async def tokenize(body: TokenizeBody, engine: EngineDep, _: Authorized) -> Response:
+    """Word pieces with ids and character offsets, as the model sees the text."""
+    result = await engine.tokenize(TokenizeRequest(inputs=as_tuple(body.inputs), truncate=body.truncate))
+    return json_response(tokenize_response(result))

@@ -1,0 +1,31 @@
+"""Liveness, readiness and /metrics: what Kubernetes and Prometheus ask."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from service.http.deps import EngineDep, authorized
+from service.http.edge import json_response
+from service.http.schemas import HealthResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health/live", response_model=HealthResponse)
+async def live() -> Response:
+    """The process is up (the event loop answers)."""
+    return json_response({"status": "live"})
+
+
+@router.get("/health/ready", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+async def ready(engine: EngineDep) -> Response:
+    """Model loaded and warm, not draining, inference not failing; else the status says which."""
+    return json_response({"status": engine.status.value}, 200 if engine.ready else 503)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+async def metrics(request: Request, engine: EngineDep) -> Response:
+    if engine.settings.metrics_require_key:
+        authorized(request)
+    return Response(engine.metrics.exposition(), media_type=engine.metrics.content_type)

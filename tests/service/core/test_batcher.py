@@ -1,0 +1,149 @@
+"""The batcher on its own: how many batches compute at once, and what stop() waits for."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from service.core.batcher import Batcher, Job, Sequence
+
+BATCH_S = 0.2
+
+
+class SlowRuntime:
+    """A batch function that takes BATCH_S and records how many of its calls overlap."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.running = self.most_at_once = self.batches = 0
+
+    def __call__(self, batch: list[Sequence]) -> list[str]:
+        with self.lock:
+            self.running += 1
+            self.batches += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        time.sleep(BATCH_S)
+        with self.lock:
+            self.running -= 1
+        return [f"result of {s.payload}" for s in batch]
+
+
+async def submit(batcher: Batcher, texts: list[str]) -> Job:
+    job = Job(len(texts), time.monotonic() + 30, None)
+    batcher.submit([Sequence(job, i, 8, text) for i, text in enumerate(texts)])
+    return job
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_up_to_workers_batches_compute_at_once_and_each_answer_is_its_own(workers):
+    runtime = SlowRuntime()
+
+    async def scenario():
+        batcher = Batcher("test", runtime, max_batch_size=1, max_batch_tokens=1024, max_wait_ms=0, workers=workers)
+        batcher.start()
+        started = time.monotonic()
+        jobs = [await submit(batcher, [f"text {i}"]) for i in range(6)]
+        results = await asyncio.gather(*(job.future for job in jobs))
+        elapsed = time.monotonic() - started
+        await batcher.stop()
+        return results, elapsed
+
+    results, elapsed = asyncio.run(scenario())
+    assert results == [[f"result of text {i}"] for i in range(6)]
+    assert runtime.batches == 6 and runtime.most_at_once == workers
+    rounds = -(-6 // workers)  # six one-sequence batches, `workers` at a time
+    assert rounds * BATCH_S * 0.9 <= elapsed < rounds * BATCH_S + 1.0
+
+
+def test_stop_lets_every_running_batch_finish_and_fails_what_is_queued():
+    runtime = SlowRuntime()
+
+    async def scenario():
+        batcher = Batcher("test", runtime, max_batch_size=1, max_batch_tokens=1024, max_wait_ms=0, workers=2)
+        batcher.start()
+        jobs = [await submit(batcher, [f"text {i}"]) for i in range(3)]
+        await asyncio.sleep(BATCH_S / 4)  # two batches are computing, the third is queued
+        await batcher.stop()
+        return [job.future for job in jobs]
+
+    first, second, third = asyncio.run(scenario())
+    assert first.result() == ["result of text 0"] and second.result() == ["result of text 1"]
+    with pytest.raises(Exception, match="shut down before this request was computed"):
+        third.result()
+    assert runtime.batches == 2
+
+
+def queued(batcher: Batcher, lengths: list[int]) -> list[Sequence]:
+    """Sequences of these lengths, queued oldest first (the batcher's loop is not started)."""
+    job = Job(len(lengths), time.monotonic() + 30, None)
+    sequences = []
+    for i, length in enumerate(lengths):
+        sequence = Sequence(job, i, length, payload=i)
+        sequence.enqueued = 1000.0 + i  # strictly increasing: the first is the oldest
+        sequences.append(sequence)
+    batcher.submit(sequences)
+    return sequences
+
+
+def selected(lengths: list[int], **limits) -> tuple[list[int], bool]:
+    async def scenario():
+        options = {"max_batch_size": 64, "max_batch_tokens": 16384, "max_wait_ms": 2.0, **limits}
+        batcher = Batcher("test", lambda batch: batch, **options)
+        queued(batcher, lengths)
+        batch, full = batcher._select()
+        return [s.length for s in batch], full
+
+    return asyncio.run(scenario())
+
+
+def test_a_batch_grows_from_the_oldest_sequence_to_its_nearest_lengths():
+    batch, full = selected([20, 5, 21, 19, 80, 22])
+    assert sorted(batch) == [19, 20, 21, 22] and full  # 5 and 80 would make it mostly padding
+
+
+def test_padding_never_passes_a_tenth_of_a_batch():
+    for lengths in ([10, 9, 8, 7, 6, 5, 4, 3], [30, 29, 31, 25, 33, 28, 40], [12] * 5 + [11] * 5 + [1]):
+        batch, _ = selected(lengths)
+        padded = max(batch) * len(batch)
+        assert padded - sum(batch) <= 0.1 * padded, (lengths, batch)
+        assert lengths[0] in batch  # the oldest sequence is always in the batch cut next
+
+
+def test_a_batch_respects_its_token_and_size_limits():
+    batch, full = selected([100] * 10, max_batch_tokens=350)
+    assert batch == [100, 100, 100] and full
+    batch, full = selected([8] * 10, max_batch_size=4)
+    assert batch == [8] * 4 and full
+    batch, full = selected([8, 8, 8])
+    assert batch == [8, 8, 8] and not full  # room for more: it may wait for company
+
+
+def test_abandoned_sequences_are_dropped_before_they_are_computed():
+    computed: list[int] = []
+    drops: list[str] = []
+
+    async def scenario():
+        batcher = Batcher(
+            "test",
+            lambda batch: [computed.append(s.payload) or s.payload for s in batch],
+            max_batch_size=64,
+            max_batch_tokens=16384,
+            max_wait_ms=0,
+            on_drop=lambda error: drops.append(type(error).__name__),
+        )
+        gone = Job(1, time.monotonic() + 30, is_disconnected=lambda: True)
+        expired = Job(1, time.monotonic() - 1, None)
+        kept = Job(1, time.monotonic() + 30, None)
+        batcher.submit([Sequence(gone, 0, 8, "gone"), Sequence(expired, 0, 8, "expired"), Sequence(kept, 0, 8, "kept")])
+        batcher.start()
+        result = await kept.future
+        await batcher.stop()
+        return result, gone.future.exception(), expired.future.exception()
+
+    result, gone_error, expired_error = asyncio.run(scenario())
+    assert result == ["kept"] and computed == ["kept"]
+    assert "disconnected" in str(gone_error) and "deadline" in str(expired_error)
+    assert sorted(drops) == ["Cancelled", "DeadlineExceeded"]
