@@ -72,13 +72,12 @@ def test_tokenize_model_info_and_health(rest, grpc_client, reference):
     assert [t.id for t in grpc_client.tokenize("unbelievable")[0]] == reference.ids("unbelievable")
     (card,) = rest.models()
     info = grpc_client.model_info()
-    assert (card.name, card.version, card.d_model, card.n_layers, card.n_heads, card.max_len) == (
-        info.name,
-        info.version,
-        info.d_model,
-        info.n_layers,
-        info.n_heads,
-        info.max_len,
+    assert card == info  # every field, over both transports
+    assert (card.name, card.provider, card.precision, card.graph) == (
+        "all-minilm-l6-v2",
+        "CPUExecutionProvider",
+        "fp32",
+        "fast.onnx",
     )
     assert rest.live() and rest.ready() and grpc_client.serving() and grpc_client.serving("mhaserve.v1.Encoder")
 
@@ -99,8 +98,9 @@ def test_embed_stream_yields_every_answer_with_its_id(grpc_client, reference):
         (lambda c: c.embed([]), errors.InvalidRequest),
         (lambda c: c.embed("x", attention=AttentionSelection(layers=(7,))), errors.InvalidRequest),
         (lambda c: c.tokenize(["fine", ""]), errors.InvalidRequest),
+        (lambda c: c.embed("word " * 300, attention=AttentionSelection()), errors.PayloadTooLarge),
     ],
-    ids=["empty", "layer", "empty-string"],
+    ids=["empty", "layer", "empty-string", "attention-too-large"],
 )
 def test_errors_are_the_servers_own_types(client, call, error):
     with pytest.raises(error):

@@ -70,5 +70,6 @@ def test_invalid_setting_exits_2_with_one_line(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "mhaserve: error: --max-wait-ms: Input should be a valid number, unable to parse string as a number (got 'soon')"
+        "mhaserve: error: --max-wait-ms: Input should be a valid number, "
+        "unable to parse string as a number (got 'soon')"
     )

@@ -363,6 +363,9 @@ def test_sigterm_turns_health_not_serving_refuses_new_calls_and_finishes_in_flig
         with pytest.raises(grpc.RpcError) as refused:
             stub.Embed(pb.EmbedRequest(inputs=["too late"]), timeout=30)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.RpcError) as no_info:  # as every data call: the model is going away
+            stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
+        assert no_info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert len(in_flight.result().embeddings) == 1
         watch.cancel()
     assert draining.wait(60) == 0
