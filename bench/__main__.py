@@ -55,10 +55,9 @@ class LimitConfig:
 
 
 def limit_configs() -> list[LimitConfig]:
-    """The limit is the fastest of these, measured at the start of each run. On these CPUs small
-    batches are fastest (fixed batches of 32: 291 sentences/s on the bench corpus; up to 64
-    sequences and 2,048 padded tokens: 332), and one or two workers tie with no other load; a
-    GPU wants large batches, one at a time."""
+    """The limit is the fastest of these, measured at the start of each run: on a CPU small
+    length-sorted batches are fastest, and one or two workers tie with no other load; a GPU
+    wants large batches, one at a time."""
     if cuda_usable():
         return [LimitConfig(1, usable_cores(), 16384)]
     cores = usable_cores()

@@ -10,10 +10,7 @@ import pytest
 
 from artifact.manifest import Artifact
 from tests.support.reference import Reference
-from tests.support.server import ARTIFACT, REPO, ServerProcess, launch
-
-# tests/model and tests/deploy still import these names from here
-__all__ = ["ARTIFACT", "REPO", "launch"]
+from tests.support.server import ARTIFACT, ServerProcess, launch
 
 
 @pytest.fixture(scope="session")

@@ -127,7 +127,7 @@ def compute_threads(settings: Settings, provider: str, cores: int) -> tuple[int,
     parallel sections wait for their slowest thread, and the serving loop (at a higher
     priority) keeps taking a core from one of them (docs/performance.md). A batch that
     starts alone still gets every core (GraphRunner.solo). An explicit --intra-op-threads
-    keeps its old meaning (the compute threads in all) unless --inference-workers is set too.
+    means the compute threads in all (one worker) unless --inference-workers is set too.
     A GPU runs one batch at a time.
     """
     workers = settings.inference_workers

@@ -90,9 +90,8 @@ BatchFunction = Callable[[list[Sequence]], list[Any]]
 
 # A batch stops growing when padding would make up more than this share of its tokens: a
 # short sentence padded to a paragraph's length costs as much as the paragraph (more, with
-# attention's T^2), and on the CPU the runtime, not the number of batches, is the bottleneck.
-# Measured on 2 cores, mixed corpus, server CPU seconds for the same work: share 0.5 -> 9.2 s,
-# 0.2 -> 5.7 s, 0.1 -> 4.9 s, 0.05 -> 4.9 s; one sequence per batch -> 6.6 s.
+# attention's T^2), and on the CPU the runtime, not the number of batches, is the bottleneck
+# (docs/performance.md has the server CPU this share costs, and the command that measures it).
 MAX_PADDING_SHARE = 0.1
 
 

@@ -14,10 +14,10 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import launch
 from tests.deploy.conftest import REPO, one, server_container
 from tests.deploy.test_consistency import container_env, pod_spec_of
 from tests.deploy.test_dockerfile import HEALTHCHECK_SCRIPT
+from tests.support.server import launch
 
 
 def test_server_with_pod_settings_answers_probes_scrape_keys_and_load_then_drains_in_time(rendered, artifact, tmp_path):
@@ -57,7 +57,7 @@ def test_server_with_pod_settings_answers_probes_scrape_keys_and_load_then_drain
             headers = {"Authorization": f"Bearer {key}"}
             assert httpx.post(server.url + "/v1/embed", json=body, headers=headers, timeout=30).status_code == 200
 
-        # the capacity script the README's plan uses, briefly, against this replica
+        # the capacity script docs/deploy.md's plan uses, briefly, against this replica
         command = [sys.executable, str(REPO / "deploy" / "capacity.py"), "--url", server.url, "--api-key", "new-key"]
         command += ["--concurrency", "4", "--warmup", "0.2", "--duration", "1"]
         measured = json.loads(subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout)

@@ -13,7 +13,7 @@ import pytest
 
 from artifact.manifest import FAST, FAST_FP16, Artifact, ArtifactError
 from model.evaluate import evaluate
-from tests.conftest import ARTIFACT, REPO
+from tests.support.server import ARTIFACT, REPO
 
 SMALL_FILES = ("manifest.json", "tokenizer.json")
 

@@ -27,7 +27,7 @@ from model.train.config import FinetuneConfig, JobConfig, PretrainConfig, TrainC
 from model.train.losses import cosent_loss, cosine_loss, in_batch_negatives_loss
 from model.train.tasks import embed, sts_spearman
 from model.weights import load_checkpoint
-from tests.conftest import REPO, launch
+from tests.support.server import REPO, launch
 
 SUBJECTS = ["a man", "a woman", "the child", "a dog", "the cat", "a chef", "the girl", "an old farmer"]
 VERBS = ["is playing", "is eating", "is riding", "is cutting", "is holding", "is washing"]

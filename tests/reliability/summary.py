@@ -1,7 +1,7 @@
 """Print the reliability table from the rows the suite recorded: python -m tests.reliability.summary
 
 Each load test appends one row to test-artifacts/reliability/results.jsonl (`make test-reliability`
-clears it first). The table is Markdown, ready for the README.
+clears it first). The table is Markdown, ready for docs/reliability.md.
 """
 
 from __future__ import annotations

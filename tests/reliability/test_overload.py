@@ -7,7 +7,7 @@ accepted finishes well within its deadline and the rest is refused at once with 
 The load generator shares the machine's cores with the server, so the server runs as an
 overload-hardened CPU deployment does: one core is left to the serving loop (one inference
 worker with intra-op threads = cores - 1), whose refusals then never take compute from
-accepted work (README, "Overload").
+accepted work (docs/reliability.md).
 The 4-second burst runs in `make test`; the 60-second burst (then SIGTERM during a second burst)
 and the 10-minute soak are `slow` and run by `make test-reliability`.
 """

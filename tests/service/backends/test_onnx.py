@@ -52,7 +52,7 @@ def test_a_batch_that_starts_alone_gets_every_core_and_one_beside_it_gets_its_sh
         ({}, CPU, 8, (2, 4)),
         ({}, CPU, 1, (1, 1)),
         ({}, CUDA, 16, (1, 16)),  # a GPU runs one batch at a time
-        ({"intra_op_threads": "1"}, CPU, 2, (1, 1)),  # explicit threads keep their old meaning: all of them
+        ({"intra_op_threads": "1"}, CPU, 2, (1, 1)),  # explicit threads alone: one worker with all of them
         ({"inference_workers": "1"}, CPU, 4, (1, 4)),
         ({"inference_workers": "3", "intra_op_threads": "2"}, CPU, 8, (3, 2)),
     ],
