@@ -135,8 +135,8 @@ COPY --from=cpu-model /artifact/${MODEL_NAME} /opt/mhaserve/models/${MODEL_NAME}
 COPY deploy/docker/healthcheck.py /opt/mhaserve/healthcheck.py
 # HOME=/tmp: the only writable place under a read-only root filesystem.
 # No bytecode writes; offline tokenizers; the same TOKENIZERS_PARALLELISM as `make run`
-# (DL3064 reads the word TOKEN in that name as a secret: it is none). This image has no CUDA
-# provider, so it asks for the CPU even where a GPU is visible.
+# (DL3064 reads the word TOKEN in that name as a secret: it is none). This onnxruntime has only
+# the CPU provider: where a GPU is visible to the container, run it with --device cpu.
 # hadolint ignore=DL3064
 ENV PATH=/opt/mhaserve/venv/bin:$PATH \
     HOME=/tmp \
@@ -144,7 +144,6 @@ ENV PATH=/opt/mhaserve/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false \
-    MHASERVE_DEVICE=cpu \
     MHASERVE_MODEL_DIR=/opt/mhaserve/models/${MODEL_NAME}
 WORKDIR /tmp
 USER 10001:10001
