@@ -1,8 +1,15 @@
 """The artifact: the contract between model/ (which writes it) and service/ (which serves it).
 
-A directory holding manifest.json, tokenizer.json and ONNX graphs. The manifest lists every
-other file with its sha256; `Artifact.load` refuses a directory where anything is missing,
-altered or of an unknown format, naming the file and the problem.
+A directory holding manifest.json, tokenizer.json, ONNX graphs and, for models with Dense
+layers after pooling, their weights as .npy files. The manifest lists every other file with
+its sha256; `Artifact.load` refuses a directory where anything is missing, altered or of an
+unknown format, naming the file and the problem.
+
+Format 2 adds what a sentence-transformers directory says beyond the encoder: any of six
+pooling modes, Dense layers, whether a Normalize module is present, prompts, and Matryoshka
+dimensions. Format 1 manifests (mean or cls pooling, nothing else) are still read: they mean
+exactly what they meant. A format-1 reader refuses format 2, so an older server never serves
+a model whose Dense layers it would skip.
 """
 
 from __future__ import annotations
@@ -12,7 +19,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FORMAT_VERSION = 1
+import numpy as np
+
+from artifact.pooling import ACTIVATIONS, POOLING_MODES, Dense
+
+FORMAT_VERSION = 2  # what export writes
+READABLE_FORMATS = (1, 2)
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -22,7 +34,7 @@ FAST, ATTENTION, FAST_FP16, FAST_INT8 = "fast", "attention", "fast_fp16", "fast_
 GRAPH_ROLES = (FAST, ATTENTION, FAST_FP16, FAST_INT8)
 REQUIRED_GRAPHS = (FAST, ATTENTION)
 
-INPUT_IDS, ATTENTION_MASK = "input_ids", "attention_mask"
+INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS = "input_ids", "attention_mask", "token_type_ids"
 HIDDEN_STATES, ATTENTION_PROBS = "last_hidden_state", "attention_probs"
 
 
@@ -55,6 +67,26 @@ class GraphSpec:
 
 
 @dataclass(frozen=True)
+class DenseSpec:
+    """One Dense layer after pooling: activation(x Wᵀ + b), W and b in .npy files of the artifact."""
+
+    weight: str  # file holding (out_features, in_features) float32
+    bias: str | None  # file holding (out_features,) float32, or None
+    activation: str  # identity | tanh | relu | sigmoid
+    in_features: int
+    out_features: int
+
+    def to_dict(self) -> dict:
+        return {
+            "weight": self.weight,
+            "bias": self.bias,
+            "activation": self.activation,
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+        }
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     version: str
@@ -63,8 +95,8 @@ class Manifest:
     n_heads: int
     max_len: int
     vocab_size: int
-    pooling: str  # mean | cls
-    normalize: bool
+    pooling: str  # the default: one of artifact.pooling.POOLING_MODES
+    normalize: bool  # the default: L2 after pooling and Dense (a Normalize module)
     opset: int
     graphs: dict[str, GraphSpec]
     files: dict[str, str]  # file name -> sha256, every file but the manifest
@@ -72,6 +104,20 @@ class Manifest:
     quality: dict = field(default_factory=dict)
     encoder_config: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # format 2; a format-1 manifest reads as these defaults
+    dense: tuple[DenseSpec, ...] = ()  # applied in order after pooling, before normalising
+    prompts: dict[str, str] = field(default_factory=dict)  # prompt_name -> text prepended to the input
+    default_prompt_name: str | None = None
+    matryoshka_dims: tuple[int, ...] = ()  # truncations the model was trained for (then renormalise)
+    sentence_transformers: dict = field(default_factory=dict)  # modules, max_seq_length, do_lower_case, ...
+
+    @property
+    def embedding_dim(self) -> int:
+        """Length of a sentence embedding: d_model, or the last Dense layer's out_features."""
+        return self.dense[-1].out_features if self.dense else self.d_model
+
+    def takes_token_type_ids(self, role: str) -> bool:
+        return TOKEN_TYPE_IDS in self.graphs[role].inputs
 
     def to_dict(self) -> dict:
         return {
@@ -91,6 +137,12 @@ class Manifest:
             "provenance": self.provenance,
             "quality": self.quality,
             "encoder_config": self.encoder_config,
+            "embedding_dim": self.embedding_dim,
+            "dense": [d.to_dict() for d in self.dense],
+            "prompts": self.prompts,
+            "default_prompt_name": self.default_prompt_name,
+            "matryoshka_dims": list(self.matryoshka_dims),
+            "sentence_transformers": self.sentence_transformers,
         }
 
     @classmethod
@@ -98,9 +150,10 @@ class Manifest:
         if not isinstance(raw, dict):
             raise ArtifactError(f"{source}: expected a JSON object")
         version = raw.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_FORMATS:
+            readable = " and ".join(map(str, READABLE_FORMATS))
             raise ArtifactError(
-                f"{source}: format_version {version!r} is not supported (this server reads {FORMAT_VERSION}); "
+                f"{source}: format_version {version!r} is not supported (this server reads {readable}); "
                 "re-export the model with `python -m model export`"
             )
         try:
@@ -130,6 +183,8 @@ class Manifest:
                 provenance=dict(raw.get("provenance", {})),
                 quality=dict(raw.get("quality", {})),
                 encoder_config=dict(raw.get("encoder_config", {})),
+                format_version=int(version),
+                **(cls._format_2_fields(raw) if version >= 2 else {}),
             )
         except KeyError as exc:
             raise ArtifactError(f"{source}: missing field {exc.args[0]!r}") from None
@@ -137,6 +192,28 @@ class Manifest:
             raise ArtifactError(f"{source}: malformed field ({exc})") from None
         manifest.check_consistency(source)
         return manifest
+
+    @staticmethod
+    def _format_2_fields(raw: dict) -> dict:
+        fields = {
+            "dense": tuple(
+                DenseSpec(
+                    weight=str(d["weight"]),
+                    bias=None if d["bias"] is None else str(d["bias"]),
+                    activation=str(d["activation"]),
+                    in_features=int(d["in_features"]),
+                    out_features=int(d["out_features"]),
+                )
+                for d in raw["dense"]
+            ),
+            "prompts": {str(k): str(v) for k, v in raw["prompts"].items()},
+            "default_prompt_name": None if raw["default_prompt_name"] is None else str(raw["default_prompt_name"]),
+            "matryoshka_dims": tuple(int(n) for n in raw["matryoshka_dims"]),
+            "sentence_transformers": dict(raw["sentence_transformers"]),
+        }
+        if int(raw["embedding_dim"]) != (fields["dense"][-1].out_features if fields["dense"] else int(raw["d_model"])):
+            raise ValueError(f"embedding_dim {raw['embedding_dim']} does not follow from d_model and the Dense layers")
+        return fields
 
     def check_consistency(self, source: Path) -> None:
         for role in REQUIRED_GRAPHS:
@@ -149,8 +226,24 @@ class Manifest:
                 raise ArtifactError(f"{source}: graph {role!r} file {spec.file!r} has no checksum in 'files'")
         if TOKENIZER_FILE not in self.files:
             raise ArtifactError(f"{source}: {TOKENIZER_FILE} has no checksum in 'files'")
-        if self.pooling not in ("mean", "cls"):
-            raise ArtifactError(f"{source}: pooling {self.pooling!r} must be 'mean' or 'cls'")
+        modes = ("mean", "cls") if self.format_version == 1 else POOLING_MODES
+        if self.pooling not in modes:
+            raise ArtifactError(f"{source}: pooling {self.pooling!r} must be one of {', '.join(modes)}")
+        width = self.d_model
+        for i, dense in enumerate(self.dense):
+            if dense.activation not in ACTIVATIONS:
+                raise ArtifactError(f"{source}: dense[{i}] activation {dense.activation!r} is not one of {ACTIVATIONS}")
+            if dense.in_features != width:
+                raise ArtifactError(f"{source}: dense[{i}] takes {dense.in_features} features, gets {width}")
+            width = dense.out_features
+            for name in (dense.weight, dense.bias):
+                if name is not None and name not in self.files:
+                    raise ArtifactError(f"{source}: dense[{i}] file {name!r} has no checksum in 'files'")
+        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
+            raise ArtifactError(f"{source}: default_prompt_name {self.default_prompt_name!r} is not among the prompts")
+        for n in self.matryoshka_dims:
+            if not 0 < n <= self.embedding_dim:
+                raise ArtifactError(f"{source}: matryoshka dimension {n} is outside 1..{self.embedding_dim}")
         if self.d_model % self.n_heads:
             raise ArtifactError(f"{source}: d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
 
@@ -208,3 +301,22 @@ class Artifact:
     @property
     def tokenizer_path(self) -> Path:
         return self.directory / TOKENIZER_FILE
+
+    def dense_layers(self) -> tuple[Dense, ...]:
+        """The Dense layers after pooling, their weights read from the artifact's .npy files."""
+        layers = []
+        for spec in self.manifest.dense:
+            weight = self._array(spec.weight, (spec.out_features, spec.in_features))
+            bias = None if spec.bias is None else self._array(spec.bias, (spec.out_features,))
+            layers.append(Dense(weight, bias, spec.activation))
+        return tuple(layers)
+
+    def _array(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        path = self.directory / name
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"{path}: not a readable .npy file ({exc})") from None
+        if array.shape != shape or array.dtype != np.float32:
+            raise ArtifactError(f"{path}: {array.dtype} {array.shape}, the manifest says float32 {shape}")
+        return array
