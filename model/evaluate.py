@@ -15,8 +15,8 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from artifact.hardware import cuda_usable
-from artifact.manifest import ATTENTION_MASK, FAST, FAST_FP16, FAST_INT8, INPUT_IDS, Artifact
-from artifact.pooling import l2_normalize, pad_batch, pool
+from artifact.manifest import ATTENTION_MASK, FAST, FAST_FP16, FAST_INT8, INPUT_IDS, TOKEN_TYPE_IDS, Artifact
+from artifact.pooling import Dense, l2_normalize, pad_batch, pool
 from model.data import read_sts, sts_dir, unique_sentences
 
 PUBLISHED_STS_TEST = 82.03  # all-MiniLM-L6-v2, Spearman x100, cosine of mean-pooled embeddings
@@ -59,16 +59,39 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class OrtEmbedder:
-    """Runs one graph over sentences in length-sorted batches, as the server would."""
+    """Runs one graph over sentences in length-sorted batches, as the server would, pooling as the
+    artifact says (its pooling mode and Dense layers) unless told otherwise."""
 
-    def __init__(self, graph: Path, tokenizer: Tokenizer, providers: list[str] | None = None, threads: int = 0):
+    def __init__(
+        self,
+        graph: Path,
+        tokenizer: Tokenizer,
+        providers: list[str] | None = None,
+        threads: int = 0,
+        pooling: str = "mean",
+        dense: tuple[Dense, ...] = (),
+    ):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(graph), options, providers=providers or ["CPUExecutionProvider"])
         self.tokenizer = tokenizer
+        self.pooling, self.dense = pooling, dense
+        self.token_types = TOKEN_TYPE_IDS in {i.name for i in self.session.get_inputs()}
 
-    def embed(self, sentences: list[str], pooling: str = "mean", normalize: bool = True, batch_size: int = 64):
+    @classmethod
+    def for_artifact(cls, artifact: Artifact, role: str = FAST, **kwargs) -> OrtEmbedder:
+        tokenizer = Tokenizer.from_file(str(artifact.tokenizer_path))
+        m = artifact.manifest
+        return cls(artifact.graph_path(role), tokenizer, pooling=m.pooling, dense=artifact.dense_layers(), **kwargs)
+
+    def feeds(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        feeds = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask}
+        if self.token_types:
+            feeds[TOKEN_TYPE_IDS] = np.zeros_like(input_ids)
+        return feeds
+
+    def embed(self, sentences: list[str], pooling: str | None = None, normalize: bool = True, batch_size: int = 64):
         token_ids = [e.ids for e in self.tokenizer.encode_batch(sentences)]
         order = np.argsort([len(t) for t in token_ids], kind="stable")
         out = np.zeros((len(sentences), 0), dtype=np.float32)
@@ -76,8 +99,8 @@ class OrtEmbedder:
             index = order[start : start + batch_size]
             batch = [token_ids[i] for i in index]
             input_ids, attention_mask = pad_batch(batch)
-            hidden = self.session.run(None, {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask})[0]
-            pooled = pool(hidden, attention_mask.sum(1), pooling, normalize)
+            hidden = self.session.run(None, self.feeds(input_ids, attention_mask))[0]
+            pooled = pool(hidden, attention_mask.sum(1), pooling or self.pooling, normalize, self.dense)
             if out.shape[1] == 0:
                 out = np.zeros((len(sentences), pooled.shape[1]), dtype=np.float32)
             out[index] = pooled
@@ -97,10 +120,13 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(l2_normalize(a) * l2_normalize(b), axis=1)
 
 
-def int8_gate(fp32_graph: Path, int8_graph: Path, tokenizer_path: Path, options=None) -> dict:
+def int8_gate(
+    fp32_graph: Path, int8_graph: Path, tokenizer_path: Path, pooling: str = "mean", dense: tuple[Dense, ...] = ()
+) -> dict:
     """int8 is kept only when it stays close to fp32: STS within 0.3, cosines high on sts-dev."""
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
-    fp32, int8 = OrtEmbedder(fp32_graph, tokenizer), OrtEmbedder(int8_graph, tokenizer)
+    fp32 = OrtEmbedder(fp32_graph, tokenizer, pooling=pooling, dense=dense)
+    int8 = OrtEmbedder(int8_graph, tokenizer, pooling=pooling, dense=dense)
     dev = unique_sentences(read_sts(sts_dir() / "sts-dev.csv"))
     cos = cosine_rows(fp32.embed(dev), int8.embed(dev))
     test_fp32, test_int8 = sts_score(fp32, "test"), sts_score(int8, "test")
@@ -122,7 +148,6 @@ def torch_checks(artifact: Artifact, tokenizer: Tokenizer, dev: list[str]) -> li
     try:
         import torch
 
-        from model.encoder import mean_pool
         from model.weights import load_checkpoint
     except ImportError as exc:
         return [Check("torch parity", None, "", True, f"torch not installed ({exc.name})")]
@@ -133,22 +158,25 @@ def torch_checks(artifact: Artifact, tokenizer: Tokenizer, dev: list[str]) -> li
     checks = []
     token_ids = [e.ids for e in tokenizer.encode_batch(dev)]
     order = np.argsort([len(t) for t in token_ids], kind="stable")
-    fast = OrtEmbedder(artifact.graph_path(FAST), tokenizer)
+    fast = OrtEmbedder.for_artifact(artifact)
     attention = ort.InferenceSession(str(artifact.graph_path("attention")), providers=["CPUExecutionProvider"])
-    pooled = np.zeros((len(dev), artifact.manifest.d_model), dtype=np.float32)
+    pooled = np.zeros((len(dev), artifact.manifest.embedding_dim), dtype=np.float32)
+    first_batch = None
     max_hidden_diff = max_prob_diff = max_row_error = max_padded_prob = 0.0
     with torch.no_grad():
         for start in range(0, len(order), 64):
             index = order[start : start + 64]
             input_ids, attention_mask = pad_batch([token_ids[i] for i in index])
-            feeds = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask}
+            feeds = fast.feeds(input_ids, attention_mask)
             ids_t, mask_t = torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
             hidden, probs = encoder(ids_t, mask_t, return_attention=True)
-            pooled[index] = torch.nn.functional.normalize(mean_pool(hidden, mask_t), dim=-1).numpy()
+            pooled[index] = pool(hidden.numpy(), attention_mask.sum(1), fast.pooling, True, fast.dense)
             onnx_hidden = fast.session.run(None, feeds)[0]
             max_hidden_diff = max(max_hidden_diff, float(np.abs(onnx_hidden - hidden.numpy()).max()))
             if start < 4 * 64:  # attention parity on the first batches: (B, L, h, T, T) is large
                 _, onnx_probs = attention.run(None, feeds)
+                if first_batch is None:
+                    first_batch = (input_ids, attention_mask, onnx_probs)
                 max_prob_diff = max(max_prob_diff, float(np.abs(onnx_probs - probs.numpy()).max()))
                 max_row_error = max(max_row_error, float(np.abs(onnx_probs.sum(-1) - 1.0).max()))
                 padded_keys = attention_mask[:, None, None, None, :] == 0
@@ -159,17 +187,34 @@ def torch_checks(artifact: Artifact, tokenizer: Tokenizer, dev: list[str]) -> li
 
         if not (Path(checkpoint) / "modules.json").exists():  # e.g. written by `python -m model train`
             raise LookupError("not a sentence-transformers checkpoint")
-        reference = SentenceTransformer(checkpoint, device="cpu").encode(
-            dev, batch_size=64, convert_to_numpy=True, show_progress_bar=False
-        )
+        st = SentenceTransformer(checkpoint, device="cpu")
+        reference = st.encode(dev, batch_size=64, convert_to_numpy=True, show_progress_bar=False)
         cos = cosine_rows(pooled, reference)
         checks.append(
             Check("torch vs sentence-transformers min cosine", float(cos.min()), ">= 0.99999", cos.min() >= 0.99999)
+        )
+        served = cosine_rows(fast.embed(dev), reference)
+        name = "fast graph vs sentence-transformers min cosine"
+        checks.append(Check(name, float(served.min()), ">= 0.9999", served.min() >= 0.9999))
+        long_texts = long_inputs(dev, tokenizer, artifact.manifest.max_len)
+        truncated = cosine_rows(
+            fast.embed(long_texts, batch_size=8),
+            st.encode(long_texts, batch_size=8, convert_to_numpy=True, show_progress_bar=False),
+        )
+        checks.append(
+            Check(
+                f"fast graph vs sentence-transformers min cosine, {len(long_texts)} texts truncated at "
+                f"{artifact.manifest.max_len} tokens",
+                float(truncated.min()),
+                ">= 0.9999",
+                truncated.min() >= 0.9999,
+            )
         )
     except ImportError:
         checks.append(Check("torch vs sentence-transformers", None, "", True, "sentence-transformers not installed"))
     except LookupError as exc:
         checks.append(Check("torch vs sentence-transformers", None, "", True, str(exc)))
+    checks.append(transformers_attention_check(Path(checkpoint), encoder.config.pad_token_id, first_batch))
     checks += [
         Check("fast graph vs torch max |hidden diff|", max_hidden_diff, "<= 1e-4", max_hidden_diff <= 1e-4),
         Check("attention graph vs torch max |prob diff|", max_prob_diff, "<= 1e-5", max_prob_diff <= 1e-5),
@@ -177,6 +222,40 @@ def torch_checks(artifact: Artifact, tokenizer: Tokenizer, dev: list[str]) -> li
         Check("attention on padded keys max", max_padded_prob, "== 0", max_padded_prob == 0.0),
     ]
     return checks
+
+
+def long_inputs(sentences: list[str], tokenizer: Tokenizer, max_len: int, count: int = 16) -> list[str]:
+    """Texts made of consecutive sentences until each is longer than max_len tokens untruncated."""
+    texts, current = [], []
+    for sentence in sentences:
+        current.append(sentence)
+        if len(tokenizer.encode(" ".join(current), add_special_tokens=False).ids) > max_len + 32:
+            texts.append(" ".join(current))
+            current = []
+            if len(texts) == count:
+                break
+    return texts
+
+
+def transformers_attention_check(checkpoint: Path, pad_id: int, first_batch) -> Check:
+    """The attention graph's probabilities against transformers' eager attention on real weights."""
+    name = "attention graph vs transformers eager max |prob diff|"
+    if first_batch is None or not (checkpoint / "config.json").exists():
+        return Check(name, None, "", True, "not a Hugging Face checkpoint")
+    try:
+        import torch
+        from transformers import AutoModel
+    except ImportError:
+        return Check(name, None, "", True, "transformers not installed")
+    input_ids, attention_mask, onnx_probs = first_batch
+    model = AutoModel.from_pretrained(str(checkpoint), attn_implementation="eager").eval()
+    ids = np.where(attention_mask == 1, input_ids, pad_id)  # transformers' MPNet reads positions from the pad id
+    with torch.no_grad():
+        out = model(torch.from_numpy(ids), attention_mask=torch.from_numpy(attention_mask), output_attentions=True)
+    theirs = torch.stack(out.attentions, dim=1).numpy()  # (B, L, h, T, T)
+    real_rows = np.broadcast_to(attention_mask[:, None, None, :, None] == 1, theirs.shape)
+    diff = float(np.abs(onnx_probs - theirs)[real_rows].max())
+    return Check(name, diff, "<= 1e-4", diff <= 1e-4)
 
 
 def padding_checks(fast: OrtEmbedder, tokenizer: Tokenizer, dev: list[str]) -> list[Check]:
@@ -203,7 +282,7 @@ def fp16_check(artifact: Artifact, tokenizer: Tokenizer, dev: list[str], fp32_de
 
         onnx.checker.check_model(str(artifact.graph_path(FAST_FP16)), full_check=True)
         return Check("fp16 min cosine to fp32", None, "", True, "no CUDA GPU here; onnx.checker passed the graph")
-    fp16 = OrtEmbedder(artifact.graph_path(FAST_FP16), tokenizer, ["CUDAExecutionProvider"])
+    fp16 = OrtEmbedder.for_artifact(artifact, FAST_FP16, providers=["CUDAExecutionProvider"])
     cos = cosine_rows(fp32_dev, fp16.embed(dev))
     return Check("fp16 (CUDA) min cosine to fp32", float(cos.min()), ">= 0.999", cos.min() >= 0.999)
 
@@ -213,7 +292,7 @@ def evaluate(directory: Path, with_torch: bool = True) -> list[Check]:
     manifest = artifact.manifest
     tokenizer = Tokenizer.from_file(str(artifact.tokenizer_path))
     dev = unique_sentences(read_sts(sts_dir() / "sts-dev.csv"))
-    fast = OrtEmbedder(artifact.graph_path(FAST), tokenizer)
+    fast = OrtEmbedder.for_artifact(artifact)
     checks = torch_checks(artifact, tokenizer, dev) if with_torch else []
     checks += padding_checks(fast, tokenizer, dev)
 
@@ -229,7 +308,8 @@ def evaluate(directory: Path, with_torch: bool = True) -> list[Check]:
         checks.append(Check("sts-test Spearman x100 (fp32)", fp32_test, "reported", True))
 
     if FAST_INT8 in manifest.graphs:
-        gate = int8_gate(artifact.graph_path(FAST), artifact.graph_path(FAST_INT8), artifact.tokenizer_path)
+        head = (manifest.pooling, artifact.dense_layers())
+        gate = int8_gate(artifact.graph_path(FAST), artifact.graph_path(FAST_INT8), artifact.tokenizer_path, *head)
         checks += [
             Check(
                 "int8 sts-test Spearman x100",

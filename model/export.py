@@ -7,6 +7,9 @@ Graphs written:
                   fusion disabled: fused kernels never expose the softmax);
 - fast.fp16.onnx  the fast graph in fp16 with fp32 inputs/outputs, for CUDA;
 - fast.int8.onnx  dynamically quantized for the CPU, written only if it passes its quality gate.
+
+A sentence-transformers model's Dense layers (after pooling) are written as .npy files the
+server applies in numpy; the graphs always output the encoder's own token embeddings.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime
 import torch
@@ -39,6 +43,7 @@ from artifact.manifest import (
     INPUT_IDS,
     MANIFEST_FILE,
     TOKENIZER_FILE,
+    DenseSpec,
     GraphSpec,
     Manifest,
     sha256_of,
@@ -46,7 +51,8 @@ from artifact.manifest import (
 from model.data import sts_dir
 from model.encoder import Encoder
 from model.errors import ModelError
-from model.tokenizer import load_tokenizer
+from model.sentence_transformers import DenseLayer
+from model.tokenizer import load_tokenizer, lower_case_first
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,12 @@ class ExportOptions:
     max_len: int  # longest input in word pieces the server accepts
     int8: bool = True
     provenance: dict | None = None
+    dense: tuple[DenseLayer, ...] = ()  # sentence-transformers Dense modules after pooling
+    do_lower_case: bool = False  # sentence-transformers lower-cases the text before tokenizing
+    prompts: dict[str, str] | None = None
+    default_prompt_name: str | None = None
+    matryoshka_dims: tuple[int, ...] = ()
+    sentence_transformers: dict | None = None  # what the manifest records of modules.json and its configs
 
 
 class _GraphModule(torch.nn.Module):
@@ -124,11 +136,17 @@ def optimize(raw: Path, out: Path, encoder: Encoder, fuse_attention: bool):
         opt_level=0,  # graph rewrites only; the session applies hardware-specific ones at load
     )
     fusions = {op: int(n) for op, n in model.get_fused_operator_statistics().items() if n}
-    if fuse_attention and fusions.get("Attention", 0) + fusions.get("MultiHeadAttention", 0) != config.n_layers:
+    fused = fusions.get("Attention", 0) + fusions.get("MultiHeadAttention", 0)
+    # onnxruntime's BERT attention fusion has no pattern for a relative position bias added to
+    # the scores (MPNet): those layers stay unfused, LayerNorm and GELU still fuse
+    expected = (0,) if config.relative_attention_buckets else (config.n_layers,)
+    if fuse_attention and fused not in expected:
         raise ModelError(
-            f"attention fusion matched {fusions.get('Attention', 0)} of {config.n_layers} layers; "
+            f"attention fusion matched {fused} of {config.n_layers} layers (expected {expected[0]}); "
             "the exported graph no longer has the pattern onnxruntime's optimizer expects"
         )
+    if fuse_attention and fused == 0:
+        fusions["Attention"] = 0  # said in the manifest: this fast graph computes attention unfused
     model.save_model_to_file(str(out))
     return model, fusions
 
@@ -147,6 +165,20 @@ def quantize_int8(fast: Path, out: Path) -> None:
     )
 
 
+def write_dense(layers: tuple[DenseLayer, ...], work: Path) -> tuple[DenseSpec, ...]:
+    """Each Dense layer's weight and bias as float32 .npy files: NAME.weight.npy, NAME.bias.npy."""
+    specs = []
+    for layer in layers:
+        weight = f"{layer.name}.weight.npy"
+        np.save(work / weight, np.ascontiguousarray(layer.dense.weight, dtype=np.float32), allow_pickle=False)
+        bias = None
+        if layer.dense.bias is not None:
+            bias = f"{layer.name}.bias.npy"
+            np.save(work / bias, np.ascontiguousarray(layer.dense.bias, dtype=np.float32), allow_pickle=False)
+        specs.append(DenseSpec(weight, bias, layer.dense.activation, layer.dense.in_features, layer.dense.out_features))
+    return tuple(specs)
+
+
 def export_artifact(encoder: Encoder, tokenizer_json: Path, out_dir: Path, options: ExportOptions) -> Manifest:
     """Write every graph into a scratch directory, gate int8, then move it into place whole."""
     from model.evaluate import int8_gate  # evaluation imports export's helpers too
@@ -154,13 +186,16 @@ def export_artifact(encoder: Encoder, tokenizer_json: Path, out_dir: Path, optio
     out_dir = Path(out_dir)
     started = time.monotonic()
     config = encoder.config
-    if options.max_len > config.max_len:
-        raise ModelError(f"max_len {options.max_len} exceeds the encoder's {config.max_len} positions")
+    if options.max_len > config.max_tokens:
+        raise ModelError(f"max_len {options.max_len} exceeds the {config.max_tokens} tokens the positions cover")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     try:
         tokenizer = load_tokenizer(tokenizer_json, options.max_len)
+        if options.do_lower_case:  # in tokenizer.json, so the server needs to know nothing of it
+            tokenizer = lower_case_first(tokenizer)
         tokenizer.save(str(work / TOKENIZER_FILE))
+        dense = write_dense(options.dense, work)
         raw = work / "raw"
         raw.mkdir()
 
@@ -192,7 +227,8 @@ def export_artifact(encoder: Encoder, tokenizer_json: Path, out_dir: Path, optio
             quality["int8_gate"] = {"passed": False, "skipped": f"no STS Benchmark at {sts_dir()}"}
         elif options.int8:
             quantize_int8(work / GRAPH_FILES[FAST], work / GRAPH_FILES[FAST_INT8])
-            gate = int8_gate(work / GRAPH_FILES[FAST], work / GRAPH_FILES[FAST_INT8], work / TOKENIZER_FILE, options)
+            head = (options.pooling, tuple(layer.dense for layer in options.dense))
+            gate = int8_gate(work / GRAPH_FILES[FAST], work / GRAPH_FILES[FAST_INT8], work / TOKENIZER_FILE, *head)
             quality["int8_gate"] = gate
             if gate["passed"]:
                 graphs[FAST_INT8] = GraphSpec(GRAPH_FILES[FAST_INT8], "int8", *io)
@@ -226,7 +262,13 @@ def export_artifact(encoder: Encoder, tokenizer_json: Path, out_dir: Path, optio
             },
             quality=quality,
             encoder_config=config.to_dict(),
+            dense=dense,
+            prompts=dict(options.prompts or {}),
+            default_prompt_name=options.default_prompt_name,
+            matryoshka_dims=tuple(options.matryoshka_dims),
+            sentence_transformers=dict(options.sentence_transformers or {}),
         )
+        manifest.check_consistency(work / MANIFEST_FILE)
         (work / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
         work.chmod(0o755)  # mkdtemp makes it private; the server may run as another user
         if out_dir.exists():

@@ -33,6 +33,14 @@ def configure(tokenizer: Tokenizer, max_len: int) -> Tokenizer:
     return tokenizer
 
 
+def lower_case_first(tokenizer: Tokenizer) -> Tokenizer:
+    """Lower-case the text before the tokenizer's own normaliser, as sentence-transformers'
+    do_lower_case does before it calls the tokenizer."""
+    own = tokenizer.normalizer
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Lowercase()] + ([own] if own is not None else []))
+    return tokenizer
+
+
 def load_tokenizer(path: Path, max_len: int) -> Tokenizer:
     path = Path(path)
     if not path.is_file():
