@@ -149,9 +149,12 @@ def compute_threads(settings: Settings, provider: str, cores: int) -> tuple[int,
 def choose_placement(artifact: Artifact, settings: Settings) -> tuple[str, str]:
     """(provider, fast-graph role) from the settings, the artifact and the hardware."""
     graphs = artifact.manifest.graphs
-    gpu = cuda_usable()
+    # a GPU counts only with an onnxruntime that can use it (the CPU image carries plain onnxruntime)
+    cuda_build = CUDA in ort.get_available_providers()
+    gpu = cuda_build and cuda_usable()
     if settings.device == "cuda" and not gpu:
-        raise ArtifactError("--device cuda: no usable CUDA GPU on this machine (use --device auto or cpu)")
+        reason = "no usable CUDA GPU on this machine" if cuda_build else "this onnxruntime has no CUDA provider"
+        raise ArtifactError(f"--device cuda: {reason} (use --device auto or cpu)")
     provider = CUDA if (settings.device == "cuda" or (settings.device == "auto" and gpu)) else CPU
     precision = settings.precision
     if precision == "auto":

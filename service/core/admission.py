@@ -16,6 +16,15 @@ from service.config import Settings
 from service.errors import InvalidRequest, Overloaded, PayloadTooLarge
 from service.types import AttentionSelection
 
+MIN_REQUEST_TOKENS = 3  # the smallest request: one input of one token, with [CLS] and [SEP]
+RATE_SMOOTHING = 0.1  # weight of each new batch in the backend's measured tokens per second
+
+
+def estimate_tokens(texts: list[str] | tuple[str, ...], max_len: int) -> int:
+    """Tokens the texts will hold at least, guessed without tokenizing: each one's words plus
+    [CLS] and [SEP] (WordPiece gives ordinary text at least a token per word), at most max_len."""
+    return sum(min(max_len, len(text.split()) + 2) for text in texts)
+
 
 class Admission:
     def __init__(
@@ -32,6 +41,7 @@ class Admission:
         self.inflight = 0
         self.tokenizing = 0  # admitted requests not yet queued: company for a waiting batch
         self.tokenizing_tokens = 0  # their estimated tokens, counted against the queue's room
+        self.tokens_per_s: float | None = None  # what the fast path computes, once a batch has run
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -74,18 +84,39 @@ class Admission:
     # the queue's room ------------------------------------------------------------------
 
     def estimate_tokens(self, inputs: tuple[str, ...]) -> int:
-        """Tokens a request will hold, guessed without tokenizing: its words plus [CLS] and [SEP]
-        (WordPiece gives ordinary text at least a token per word), at most max_len per input."""
-        max_len = self.spec.max_len
-        return sum(min(max_len, len(text.split()) + 2) for text in inputs)
+        return estimate_tokens(inputs, self.spec.max_len)
+
+    def room(self) -> int:
+        """Tokens the queue takes now: max_queue_tokens, and no more than the backend computes in
+        queue_wait_share of request_timeout_s at its current rate, so that under overload what is
+        accepted is answered well within its deadline and the rest is refused at once."""
+        limit = self.settings.max_queue_tokens
+        share = self.settings.queue_wait_share
+        if share > 0 and self.tokens_per_s is not None:
+            limit = min(limit, max(self.spec.max_len, int(self.tokens_per_s * share * self.settings.request_timeout_s)))
+        return limit
+
+    def record_batch(self, tokens: int, seconds: float, workers: int) -> None:
+        """A computed fast-path batch: `workers` such batches run at once, so the backend's rate
+        is this batch's times the workers (exact when all are busy, which is when it matters)."""
+        sample = tokens * workers / max(seconds, 1e-6)
+        previous = self.tokens_per_s
+        self.tokens_per_s = sample if previous is None else previous + RATE_SMOOTHING * (sample - previous)
+
+    def clearly_full(self, at_least: int = MIN_REQUEST_TOKENS) -> bool:
+        """True when a request of at least this many tokens cannot fit: the queue, with what is
+        being tokenized, has less room. Only while other work is queued, and never for a request
+        too big for any queue (that gets its exact 413 after tokenizing)."""
+        queued = self.queued_tokens()
+        if not queued or at_least > self.settings.max_queue_tokens:
+            return False
+        return queued + self.tokenizing_tokens + at_least > self.room()
 
     def refuse_when_full(self, estimate: int) -> None:
-        """Refuses before tokenizing when the queue clearly has no room. Only while other work is
-        queued, and never for a request too big for any queue (that gets its exact 413 after
-        tokenizing); `check_room` makes the exact decision for everything let through."""
-        queued, limit = self.queued_tokens(), self.settings.max_queue_tokens
-        if queued and estimate <= limit and queued + self.tokenizing_tokens + estimate > limit:
-            raise self.at_capacity(queued)
+        """Refuses before tokenizing when the queue clearly has no room for this request;
+        `check_room` makes the exact decision for everything let through."""
+        if self.clearly_full(estimate):
+            raise self.at_capacity(self.queued_tokens())
 
     def check_room(self, tokens: int) -> None:
         limit = self.settings.max_queue_tokens
@@ -95,12 +126,12 @@ class Admission:
                 "split it into smaller requests"
             )
         queued = self.queued_tokens()
-        if queued + tokens > limit:
+        if queued and queued + tokens > self.room():  # an empty queue takes anything up to the limit
             raise self.at_capacity(queued)
 
     def at_capacity(self, queued: int) -> Overloaded:
         return Overloaded(
-            f"the server is at capacity ({queued:,} tokens queued, limit {self.settings.max_queue_tokens:,}); "
+            f"the server is at capacity ({queued:,} tokens queued, room for {self.room():,} now); "
             "retry after the Retry-After interval",
             retry_after_s=1,
         )

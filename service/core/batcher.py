@@ -55,6 +55,7 @@ class Job:
     def fail(self, error: BaseException) -> None:
         if not self.future.done():
             self.future.set_exception(error)
+            self.future.exception()  # a waiter still gets it; one that left (deadline, cancel) reads it no more
 
     def deliver(self, index: int, result: Any) -> None:
         if self.future.done():

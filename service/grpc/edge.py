@@ -19,8 +19,8 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from service.auth import ApiKeys
+from service.core.engine import Engine
 from service.errors import ERROR_TYPE_METADATA, InvalidRequest, MhaserveError
-from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class Rpc:
     request_type: type[Message]
     needs_key: bool = True
     streaming: bool = False  # stream in, stream out: per-request errors travel in the stream
+    queues_work: bool = False  # refused before parsing when the queue has no room for any request
 
 
 class Servicer(Protocol):
@@ -68,8 +69,8 @@ def time_remaining(context: Context) -> float | None:
 
 
 class Edge:
-    def __init__(self, keys: ApiKeys, metrics: Metrics):
-        self.keys, self.metrics = keys, metrics
+    def __init__(self, keys: ApiKeys, engine: Engine):
+        self.keys, self.engine, self.metrics = keys, engine, engine.metrics
 
     def service_handler(self, service: str, servicer: Servicer) -> grpc.GenericRpcHandler:
         handlers = {}
@@ -78,6 +79,14 @@ class Edge:
             handlers[rpc.name] = self._stream(rpc, method) if rpc.streaming else self._unary(rpc, method)
         self.metrics.declare_routes("grpc", [rpc.name for rpc in servicer.RPCS])
         return grpc.method_handlers_generic_handler(service, handlers)
+
+    def refuse_when_full(self) -> None:
+        """Before the message is parsed: a queue with no room for the smallest request refuses
+        every request, so a flood of refusals costs no parsing and no engine call. The engine
+        checks each request that gets past this against its own size."""
+        admission = self.engine.admission
+        if admission is not None and admission.clearly_full():
+            raise admission.at_capacity(admission.queued_tokens())
 
     async def abort(self, context: Context, error: MhaserveError) -> None:
         self.metrics.observe_error(error)
@@ -90,6 +99,8 @@ class Edge:
             try:
                 if rpc.needs_key:
                     self.keys.check(authorization(context))
+                if rpc.queues_work:
+                    self.refuse_when_full()
                 return await method(parse(rpc.request_type, raw), context)
             except MhaserveError as error:
                 code = error.grpc_code.name

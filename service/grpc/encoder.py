@@ -85,7 +85,7 @@ class EncoderServicer:
     """mhaserve.v1.Encoder: each method translates a parsed message into one engine call."""
 
     RPCS = (
-        Rpc("Embed", pb.EmbedRequest),
+        Rpc("Embed", pb.EmbedRequest, queues_work=True),
         Rpc("EmbedStream", pb.EmbedRequest, streaming=True),
         Rpc("Tokenize", pb.TokenizeRequest),
         Rpc("GetModelInfo", pb.GetModelInfoRequest),

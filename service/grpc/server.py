@@ -93,7 +93,7 @@ async def create_server(settings: Settings, engine: Engine, keys: ApiKeys) -> Gr
             ("grpc.max_connection_age_grace_ms", int(settings.grpc_max_connection_age_grace_s * 1000)),
         ]
     )
-    edge = Edge(keys, engine.metrics)
+    edge = Edge(keys, engine)
     server.add_generic_rpc_handlers(
         (
             edge.service_handler(encoder.SERVICE, encoder.EncoderServicer(engine)),

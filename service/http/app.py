@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from service.auth import ApiKeys
 from service.config import Settings
 from service.core.engine import Engine
-from service.http.edge import BodyLimit, RequestMetrics, install_error_handlers
+from service.http.edge import Intake, RequestMetrics, install_error_handlers
 from service.http.routes import embed, health, models, openai, ui
 from service.kserve import rest as kserve_rest
 
@@ -28,6 +28,6 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     for module in (embed, openai, models, health, ui, kserve_rest):
         app.include_router(module.router)
     engine.metrics.declare_routes("http", DATA_ROUTES)
-    app.add_middleware(BodyLimit, limit=settings.max_request_bytes, metrics=engine.metrics)
+    app.add_middleware(Intake, limit=settings.max_request_bytes, engine=engine)
     app.add_middleware(RequestMetrics, metrics=engine.metrics)
     return app

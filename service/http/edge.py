@@ -9,7 +9,10 @@ shape, {"error": message}, which tritonclient reads; every other route answers
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -19,6 +22,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.core.admission import estimate_tokens
 from service.core.engine import Engine
 from service.errors import InvalidRequest, MhaserveError, NotFound, Overloaded, PayloadTooLarge, Unauthenticated
 from service.http.schemas import ErrorResponse, KServeErrorResponse
@@ -130,12 +134,50 @@ def error_responses(*statuses: int, kserve: bool = False) -> dict[int | str, dic
     return {status: {"model": model, "description": ERROR_MEANINGS[status]} for status in statuses}
 
 
-class BodyLimit:
-    """Refuse a body over the limit while reading it: by Content-Length before the first byte,
-    else as soon as the running total passes it; the app then gets the body replayed."""
+@dataclass(frozen=True)
+class DataRoute:
+    """A POST route that queues work, as the edge sees it before routing: its metrics label
+    and how to find its texts in a JSON body."""
 
-    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics):
-        self.app, self.limit, self.metrics = app, limit, metrics
+    path: str  # the route template, as FastAPI's route would report it
+    texts: Callable[[Any], Any]
+
+
+def kserve_texts(body: Any) -> Any:
+    return body["inputs"][0]["data"]
+
+
+DATA_POST_ROUTES = {
+    "/v1/embed": DataRoute("/v1/embed", lambda body: body["inputs"]),
+    "/v1/embeddings": DataRoute("/v1/embeddings", lambda body: body["input"]),
+}
+KSERVE_INFER = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
+
+
+def data_route(path: str) -> DataRoute | None:
+    if path in DATA_POST_ROUTES:
+        return DATA_POST_ROUTES[path]
+    match = KSERVE_INFER.match(path)
+    if match is None:
+        return None
+    template = "/v2/models/{name}/versions/{version}/infer" if match.group(1) else "/v2/models/{name}/infer"
+    return DataRoute(template, kserve_texts)
+
+
+class Intake:
+    """Reads a request body within its limit, and refuses at once what the queue cannot take.
+
+    A body over the limit is refused by Content-Length before its first byte, else as soon as
+    the running total passes it. When the queue has no room even for the smallest request, a
+    data route's request is refused without parsing anything; when the queue is more than half
+    full, its texts are peeked at (orjson, no validation) and the request is refused if their
+    least possible token count cannot fit. Either way it costs no routing, no validation and no
+    tokenizer, so refusing keeps up with any flood. Whatever might fit takes the full path, where
+    the engine decides exactly. The app then gets the body replayed.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, engine: Engine):
+        self.app, self.limit, self.engine = app, limit, engine
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -146,7 +188,7 @@ class BodyLimit:
         )
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                return await self._refuse(too_large, scope, send)
+                return await self._refuse(too_large, scope, send, close=True)
         chunks, total = [], 0
         while True:
             message = await receive()
@@ -155,11 +197,15 @@ class BodyLimit:
             chunk = message.get("body", b"")
             total += len(chunk)
             if total > self.limit:
-                return await self._refuse(too_large, scope, send)
+                return await self._refuse(too_large, scope, send, close=True)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        route = data_route(scope["path"]) if scope["method"] == "POST" else None
+        if route is not None and (refusal := self._no_room_for(route, body)) is not None:
+            scope["route"] = route  # the metrics label
+            return await self._refuse(refusal, scope, send)
         delivered = False
 
         async def replay() -> Message:
@@ -171,10 +217,30 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, error: MhaserveError, scope: Scope, send: Send) -> None:
-        self.metrics.observe_error(error)
+    def _no_room_for(self, route: DataRoute, body: bytes) -> Overloaded | None:
+        admission = self.engine.admission
+        if admission is None:  # still loading: the route answers 503
+            return None
+        if admission.clearly_full():
+            return admission.at_capacity(admission.queued_tokens())
+        if 2 * admission.queued_tokens() <= self.engine.settings.max_queue_tokens:
+            return None
+        try:
+            texts = route.texts(orjson.loads(body))
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            return None  # the full path says what is wrong with it
+        texts = [texts] if isinstance(texts, str) else texts
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            return None
+        if admission.clearly_full(estimate_tokens(texts, admission.spec.max_len)):
+            return admission.at_capacity(admission.queued_tokens())
+        return None
+
+    async def _refuse(self, error: MhaserveError, scope: Scope, send: Send, close: bool = False) -> None:
+        self.engine.metrics.observe_error(error)
         response = error_response(error, scope["path"])
-        response.headers["connection"] = "close"
+        if close:  # the rest of an oversized body is never read
+            response.headers["connection"] = "close"
         await response(scope, None, send)  # type: ignore[arg-type]
 
 

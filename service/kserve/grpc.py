@@ -27,7 +27,7 @@ class KServeServicer:
         Rpc("ModelReady", pb.ModelReadyRequest, needs_key=False),
         Rpc("ServerMetadata", pb.ServerMetadataRequest),
         Rpc("ModelMetadata", pb.ModelMetadataRequest),
-        Rpc("ModelInfer", pb.ModelInferRequest),
+        Rpc("ModelInfer", pb.ModelInferRequest, queues_work=True),
     )
 
     def __init__(self, engine: Engine):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import threading
 import time
 from collections import Counter
@@ -131,7 +132,12 @@ def refusal_detail(headers: dict[str, str], body: bytes) -> str:
 
 
 async def open_loop(
-    senders: Senders, rate: float, duration_s: float, first_index: int = 0, distinct: int | None = None
+    senders: Senders,
+    rate: float,
+    duration_s: float,
+    first_index: int = 0,
+    distinct: int | None = None,
+    transports: tuple[str, ...] = TRANSPORTS,
 ) -> list[Outcome]:
     """Requests at a fixed rate whatever the answers do (open loop), round-robin over the transports.
 
@@ -150,21 +156,25 @@ async def open_loop(
                 await asyncio.sleep(delay)
             index = first_index + n
             text = unique_text(index if distinct is None else index % distinct)
-            tasks.append(asyncio.create_task(senders.send(index, TRANSPORTS[index % 3], text)))
+            tasks.append(asyncio.create_task(senders.send(index, transports[index % len(transports)], text)))
         return list(await asyncio.gather(*tasks))
     finally:
         gc.enable()
         gc.collect()
 
 
-async def measure_capacity(senders: Senders, duration_s: float, clients: int = 96) -> float:
+async def measure_capacity(
+    senders: Senders, duration_s: float, clients: int = 96, transports: tuple[str, ...] = TRANSPORTS
+) -> float:
     """Answered requests per second with enough callers to keep every batch full (closed loop)."""
     started = time.perf_counter()
-    outcomes = await closed_loop(senders, clients, duration_s, first_index=10**8)
+    outcomes = await closed_loop(senders, clients, duration_s, first_index=10**8, transports=transports)
     return sum(o.status == "200" for o in outcomes) / (time.perf_counter() - started)
 
 
-async def closed_loop(senders: Senders, clients: int, duration_s: float, first_index: int = 0) -> list[Outcome]:
+async def closed_loop(
+    senders: Senders, clients: int, duration_s: float, first_index: int = 0, transports: tuple[str, ...] = TRANSPORTS
+) -> list[Outcome]:
     """`clients` callers, each sending its next request when the last is answered."""
     deadline = time.perf_counter() + duration_s
     outcomes: list[Outcome] = []
@@ -173,7 +183,7 @@ async def closed_loop(senders: Senders, clients: int, duration_s: float, first_i
     async def caller() -> None:
         while time.perf_counter() < deadline:
             index = next(counter)
-            outcomes.append(await senders.send(index, TRANSPORTS[index % 3], unique_text(index)))
+            outcomes.append(await senders.send(index, transports[index % len(transports)], unique_text(index)))
 
     await asyncio.gather(*(caller() for _ in range(clients)))
     return outcomes
@@ -266,6 +276,12 @@ def summary_from_metrics(scenario: str, metrics_text: str) -> Summary:
         answered_p99_s=0.0,
         notes="counted by the server: 200 = answered (content checked by each test)",
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of every thread of a process so far (the server's, or the load generator's)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:

@@ -225,3 +225,25 @@ def test_loading_and_draining_refuse_every_call_alike():
         await engine.stop(1.0)
 
     asyncio.run(scenario())
+
+
+def test_under_overload_the_queue_takes_only_what_it_can_answer_within_the_deadline():
+    """One sequence per batch at 0.1 s: 40 tokens/s. With half of a 2 s deadline as the queue's
+    budget it takes about ten 4-token requests; what it accepts is answered in time."""
+
+    async def flood(engine):
+        await engine.embed(embed("the man"))  # one batch: the rate is known
+        started = time.monotonic()
+        outcomes = await asyncio.gather(*(engine.embed(embed("the man")) for _ in range(30)), return_exceptions=True)
+        return outcomes, time.monotonic() - started
+
+    settings = dict(inference_workers=1, max_batch_size=1, request_timeout_s=2, max_wait_ms=0)
+    bounded, bounded_s = run(flood, FakeBackend(delay_s=0.1), **settings)
+    refused = [o for o in bounded if isinstance(o, Overloaded)]
+    answered = [o for o in bounded if not isinstance(o, Exception)]
+    assert len(answered) + len(refused) == 30 and 8 <= len(answered) <= 14
+    assert bounded_s < 2.0  # every accepted request within its deadline
+
+    unbounded, _ = run(flood, FakeBackend(delay_s=0.1), queue_wait_share=0, **settings)
+    assert not any(isinstance(o, Overloaded) for o in unbounded)
+    assert sum(isinstance(o, DeadlineExceeded) for o in unbounded) >= 5  # accepted, then too late
