@@ -14,6 +14,8 @@ from typing import Protocol
 import numpy as np
 from tokenizers import Tokenizer
 
+from artifact.pooling import Dense
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
@@ -25,8 +27,9 @@ class ModelSpec:
     n_layers: int
     n_heads: int
     max_len: int
-    pooling: str  # the default: mean | cls
+    pooling: str  # the default: one of artifact.pooling.POOLING_MODES
     normalize: bool  # the default
+    dense: tuple[Dense, ...] = ()  # applied after pooling, before normalising (sentence-transformers' Dense)
 
 
 @dataclass(frozen=True, kw_only=True)

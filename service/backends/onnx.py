@@ -24,6 +24,7 @@ from artifact.manifest import (
     FAST_FP16,
     FAST_INT8,
     INPUT_IDS,
+    TOKEN_TYPE_IDS,
     Artifact,
     ArtifactError,
 )
@@ -80,6 +81,7 @@ class GraphRunner:
     session: ort.InferenceSession
     output_names: tuple[str, ...]
     solo: ort.InferenceSession | None = None
+    token_types: bool = False  # the graph takes token_type_ids: fed zeros (one segment)
     runs: RunsInProgress = field(default_factory=RunsInProgress, repr=False)
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
@@ -93,7 +95,10 @@ class GraphRunner:
     def run_on(
         self, session: ort.InferenceSession, input_ids: np.ndarray, attention_mask: np.ndarray
     ) -> list[np.ndarray]:
-        return session.run(self.output_names, {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask})
+        feeds = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask}
+        if self.token_types:
+            feeds[TOKEN_TYPE_IDS] = np.zeros_like(input_ids)
+        return session.run(self.output_names, feeds)
 
     def _run_bound(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
         """IO binding: inputs copied to the device once, outputs left there by the run and
@@ -101,6 +106,8 @@ class GraphRunner:
         binding = self.session.io_binding()
         binding.bind_cpu_input(INPUT_IDS, input_ids)
         binding.bind_cpu_input(ATTENTION_MASK, attention_mask)
+        if self.token_types:
+            binding.bind_cpu_input(TOKEN_TYPE_IDS, np.zeros_like(input_ids))
         for name in self.output_names:
             binding.bind_output(name, "cuda")
         self.session.run_with_iobinding(binding)
@@ -199,7 +206,8 @@ def load_runner(
     missing = [name for name in spec.outputs if name not in names]
     if missing:
         raise ArtifactError(f"{path}: output {missing[0]!r} named in the manifest is not in the graph")
-    return GraphRunner(role, spec.file, spec.precision, actual, session, spec.outputs, solo)
+    token_types = TOKEN_TYPE_IDS in {i.name for i in session.get_inputs()}
+    return GraphRunner(role, spec.file, spec.precision, actual, session, spec.outputs, solo, token_types=token_types)
 
 
 @dataclass
@@ -254,6 +262,7 @@ class OnnxBackend:
             max_len=m.max_len,
             pooling=m.pooling,
             normalize=m.normalize,
+            dense=artifact.dense_layers(),
         )
         tokenizer = Tokenizer.from_file(str(artifact.tokenizer_path))
         tokenizer.enable_truncation(max_length=m.max_len)
