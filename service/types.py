@@ -13,10 +13,18 @@ import numpy as np
 
 @dataclass(frozen=True)
 class AttentionSelection:
-    """Which layers and heads to return; None means all of them."""
+    """Which attention to return and how to reduce it; None means all layers, heads or rows.
+
+    reduce_heads: "none" (each selected head), "mean" or "max" over the selected heads.
+    rollout: chain the selected layers into one matrix (attention rollout, service.core.attention).
+    rows: the query positions to keep, e.g. (0,) for what [CLS] draws from.
+    """
 
     layers: tuple[int, ...] | None = None
     heads: tuple[int, ...] | None = None
+    reduce_heads: str = "none"
+    rollout: bool = False
+    rows: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,9 +60,12 @@ class EmbedResult:
     embeddings: np.ndarray  # (n_inputs, d_model) float32
     tokens: list[list[Token]] | None = None
     token_embeddings: list[np.ndarray] | None = None  # each (len_i, d_model)
-    attention: list[np.ndarray] | None = None  # each (n_layers_sel, n_heads_sel, len_i, len_i)
-    attention_layers: tuple[int, ...] = ()
+    attention: list[np.ndarray] | None = None  # each (layers', heads', rows', len_i): see AttentionSelection
+    attention_layers: tuple[int, ...] = ()  # the layers and heads the answer was computed from
     attention_heads: tuple[int, ...] = ()
+    attention_reduce_heads: str = "none"
+    attention_rollout: bool = False
+    attention_rows: tuple[int, ...] | None = None  # None: every row
     token_counts: tuple[int, ...] = ()  # per input, special tokens included
     timings: Timings = field(default_factory=Timings)
 

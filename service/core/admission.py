@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 
 from service.backends.base import ModelSpec
 from service.config import Settings
+from service.core.attention import REDUCTIONS, AttentionPlan
 from service.errors import InvalidRequest, Overloaded, PayloadTooLarge
 from service.types import AttentionSelection
 
@@ -65,20 +67,40 @@ class Admission:
             raise InvalidRequest(f"pooling {pooling!r} is not supported: use 'mean' or 'cls'")
         return pooling
 
-    def resolve_attention(self, selection: AttentionSelection | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def resolve_attention(self, selection: AttentionSelection | None) -> AttentionPlan | None:
         if selection is None:
-            return (), ()
+            return None
         layers = indices(selection.layers, self.spec.n_layers, "layer")
         heads = indices(selection.heads, self.spec.n_heads, "head")
-        return layers, heads
+        if selection.reduce_heads not in REDUCTIONS:
+            raise InvalidRequest(
+                f"head reduction {selection.reduce_heads!r} is not supported: use 'none', 'mean' or 'max'"
+            )
+        if not isinstance(selection.rollout, bool):
+            raise InvalidRequest(f"rollout must be true or false, got {selection.rollout!r}")
+        return AttentionPlan(layers, heads, selection.reduce_heads, selection.rollout, positions(selection.rows))
 
-    def check_attention_values(self, layers: int, heads: int, lengths: list[int]) -> None:
-        values = sum(layers * heads * n * n for n in lengths)
+    def check_attention_rows(self, plan: AttentionPlan, lengths: list[int]) -> None:
+        """Rows are query positions: each must lie inside every input's tokens."""
+        if plan.rows is None:
+            return
+        for i, n in enumerate(lengths):
+            outside = [row for row in plan.rows if row >= n]
+            if outside:
+                raise InvalidRequest(
+                    f"attention row {outside[0]} is outside inputs[{i}], which is {n} tokens long "
+                    f"(special tokens included): choose rows 0..{n - 1}"
+                )
+
+    def check_attention_values(self, plan: AttentionPlan, lengths: list[int]) -> None:
+        """The limit applies to the answer as sent, after head reduction, rollout and row selection."""
+        values = sum(math.prod(plan.shape(n)) for n in lengths)
         limit = self.settings.max_attention_values
         if values > limit:
             raise PayloadTooLarge(
                 f"the attention answer would hold {values:,} values, over the limit of {limit:,}: ask for fewer "
-                "layers or heads, shorter or fewer inputs, or raise --max-attention-values"
+                "layers, heads or rows, a head reduction or the rollout, shorter or fewer inputs, "
+                "or raise --max-attention-values"
             )
 
     # the queue's room ------------------------------------------------------------------
@@ -174,3 +196,18 @@ def indices(chosen: tuple[int, ...] | None, count: int, what: str) -> tuple[int,
     if len(set(chosen)) != len(chosen):
         raise InvalidRequest(f"the attention {what} selection lists a {what} twice: {list(chosen)}")
     return tuple(chosen)
+
+
+def positions(rows: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """Query positions: None means every row; an empty list, a negative or a repeated one is refused.
+    Whether each lies inside the text is known only after tokenizing (check_attention_rows)."""
+    if rows is None:
+        return None
+    if not rows:
+        raise InvalidRequest("the attention row selection is empty: list at least one row, or ask for all")
+    for value in rows:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidRequest(f"attention row {value!r} is not a token position: rows are 0-based, 0 is [CLS]")
+    if len(set(rows)) != len(rows):
+        raise InvalidRequest(f"the attention row selection lists a row twice: {list(rows)}")
+    return tuple(rows)

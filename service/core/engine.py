@@ -19,6 +19,7 @@ from tokenizers import Encoding
 from service.backends.base import Backend
 from service.config import Settings
 from service.core.admission import Admission
+from service.core.attention import AttentionPlan
 from service.core.batcher import Batcher, BatchStats, Job, Sequence, lower_thread_priority
 from service.core.health import Health, Status
 from service.core.postprocess import SequenceOptions, SequenceResult, batch_inputs, split_batch
@@ -31,6 +32,19 @@ log = logging.getLogger(__name__)
 
 PROBE_TEXT = "mhaserve readiness probe"  # what the recovery probe embeds
 FAST, ATTENTION = "fast", "attention"  # the two paths, named as the metrics name them
+
+
+def attention_fields(plan: AttentionPlan | None) -> dict:
+    """What an EmbedResult says of how its attention was computed."""
+    if plan is None:
+        return {}
+    return dict(
+        attention_layers=plan.layers,
+        attention_heads=plan.heads,
+        attention_reduce_heads=plan.reduce_heads,
+        attention_rollout=plan.rollout,
+        attention_rows=plan.rows,
+    )
 
 
 class Engine:
@@ -152,7 +166,7 @@ class Engine:
         admission = self._admit()
         pooling = admission.check_pooling(request.pooling)
         admission.check_inputs(request.inputs)
-        layers, heads = admission.resolve_attention(request.attention)
+        plan = admission.resolve_attention(request.attention)
         deadline = time.monotonic() + (request.timeout_s or self.settings.request_timeout_s)
         estimate = admission.estimate_tokens(request.inputs)
         admission.refuse_when_full(estimate)
@@ -162,14 +176,15 @@ class Engine:
                 encodings = await self._encode(request.inputs, request.truncate)
             tokenize_s = time.monotonic() - started
             lengths = [len(e.ids) for e in encodings]
-            if request.attention is not None:
-                admission.check_attention_values(len(layers), len(heads), lengths)
+            if plan is not None:
+                admission.check_attention_rows(plan, lengths)
+                admission.check_attention_values(plan, lengths)
             job = Job(len(encodings), deadline, is_disconnected)
             options = dict(
                 pooling=pooling, normalize=request.normalize, token_embeddings=request.return_token_embeddings
             )
             sequences = [
-                Sequence(job, i, lengths[i], SequenceOptions(e.ids, layers=layers, heads=heads, **options))
+                Sequence(job, i, lengths[i], SequenceOptions(e.ids, attention=plan, **options))
                 for i, e in enumerate(encodings)
             ]
             admission.check_room(sum(lengths))
@@ -182,8 +197,7 @@ class Engine:
                 tokens=[to_tokens(e) for e in encodings] if request.return_tokens else None,
                 token_embeddings=[r.token_embeddings for r in results] if request.return_token_embeddings else None,
                 attention=[r.attention for r in results] if request.attention is not None else None,
-                attention_layers=layers,
-                attention_heads=heads,
+                **attention_fields(plan),
                 token_counts=tuple(lengths),
                 timings=Timings(
                     queue_ms=job.queue_s * 1000.0,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from artifact.pooling import pad_batch, pool
+from service.core.attention import AttentionPlan, sequence_attention
 
 
 @dataclass(frozen=True)
@@ -17,15 +18,14 @@ class SequenceOptions:
     pooling: str
     normalize: bool
     token_embeddings: bool
-    layers: tuple[int, ...] = ()
-    heads: tuple[int, ...] = ()
+    attention: AttentionPlan | None = None  # on the attention graph: what to answer from its probabilities
 
 
 @dataclass(frozen=True)
 class SequenceResult:
     embedding: np.ndarray  # (d_model,)
     token_embeddings: np.ndarray | None  # (len, d_model)
-    attention: np.ndarray | None  # (n_layers_sel, n_heads_sel, len, len)
+    attention: np.ndarray | None  # (layers', heads', rows', len): AttentionPlan.shape
 
 
 def batch_inputs(options: list[SequenceOptions]) -> tuple[np.ndarray, np.ndarray]:
@@ -49,9 +49,8 @@ def split_batch(
         n = int(lengths[i])
         tokens = hidden[i, :n].copy() if o.token_embeddings else None
         probs = None
-        if attention is not None:
-            selected = attention[i][list(o.layers)][:, list(o.heads)]  # (l, h, T, T)
-            probs = np.ascontiguousarray(selected[:, :, :n, :n], dtype=np.float32)
+        if attention is not None and o.attention is not None:
+            probs = sequence_attention(attention[i], n, o.attention)  # its own n x n block only
         vector = pooled[(o.pooling, o.normalize)][i].astype(np.float32, copy=False)
         results.append(SequenceResult(vector, tokens, probs))
     return results
