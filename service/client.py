@@ -30,6 +30,8 @@ from service.types import AttentionSelection, ModelInfo, Token
 # connection) carries no error type: the code alone says what it was.
 ERRORS_BY_CODE = {code: cls for cls, code in reversed(errors.GRPC_CODE.items())}
 POOLING = {None: pb.POOLING_UNSPECIFIED, "mean": pb.POOLING_MEAN, "cls": pb.POOLING_CLS}
+HEAD_REDUCTION = {"none": pb.HEAD_REDUCTION_NONE, "mean": pb.HEAD_REDUCTION_MEAN, "max": pb.HEAD_REDUCTION_MAX}
+HEAD_REDUCTION_NAME = {value: name for name, value in HEAD_REDUCTION.items()} | {pb.HEAD_REDUCTION_UNSPECIFIED: "none"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,10 +42,23 @@ class Embeddings:
     embeddings: np.ndarray  # (n_inputs, d_model) float32
     tokens: list[list[Token]] | None = None
     token_embeddings: list[np.ndarray] | None = None  # each (tokens_i, d_model)
-    attention: list[np.ndarray] | None = None  # each (n_layers_sel, n_heads_sel, tokens_i, tokens_i)
-    attention_layers: tuple[int, ...] = ()
+    attention: list[np.ndarray] | None = None  # each (layers', heads', rows', tokens_i): see AttentionSelection
+    attention_layers: tuple[int, ...] = ()  # what the attention was computed from
     attention_heads: tuple[int, ...] = ()
+    attention_reduce_heads: str = "none"
+    attention_rollout: bool = False
+    attention_rows: tuple[int, ...] | None = None  # None: every row
     usage_tokens: int = 0
+
+
+def check_selection(attention: AttentionSelection) -> None:
+    """An empty tuple is refused before sending, as the server refuses it: gRPC cannot carry
+    an empty list (it would arrive as "all"), and None is how to ask for all."""
+    for what, chosen in (("layer", attention.layers), ("head", attention.heads), ("row", attention.rows)):
+        if chosen is not None and not chosen:
+            raise errors.InvalidRequest(
+                f"the attention {what} selection is empty: list at least one {what}, or pass None for all"
+            )
 
 
 def as_inputs(inputs: str | Sequence[str]) -> list[str]:
@@ -103,9 +118,13 @@ class RestClient(ClosingClient):
         if pooling is not None:
             body["pooling"] = pooling
         if attention is not None:
+            check_selection(attention)
             body["return_attention"] = {
                 "layers": "all" if attention.layers is None else list(attention.layers),
                 "heads": "all" if attention.heads is None else list(attention.heads),
+                "reduce_heads": attention.reduce_heads,
+                "rollout": attention.rollout,
+                "rows": "all" if attention.rows is None else list(attention.rows),
             }
         if timeout_s is not None:
             body["timeout_s"] = timeout_s
@@ -121,6 +140,11 @@ class RestClient(ClosingClient):
             attention=[from_base64(a["data"], a["shape"]) for a in attention_out] if attention_out else None,
             attention_layers=tuple(attention_out[0]["layers"]) if attention_out else (),
             attention_heads=tuple(attention_out[0]["heads"]) if attention_out else (),
+            attention_reduce_heads=attention_out[0]["reduce_heads"] if attention_out else "none",
+            attention_rollout=attention_out[0]["rollout"] if attention_out else False,
+            attention_rows=None
+            if not attention_out or attention_out[0]["rows"] == "all"
+            else tuple(attention_out[0]["rows"]),
             usage_tokens=answer["usage"]["tokens"],
         )
 
@@ -190,6 +214,9 @@ def embeddings_from(response: pb.EmbedResponse) -> Embeddings:
         attention=[from_tensor(a) for a in response.attention] or None,
         attention_layers=tuple(response.attention_layers),
         attention_heads=tuple(response.attention_heads),
+        attention_reduce_heads=HEAD_REDUCTION_NAME.get(response.attention_reduce_heads, "none"),
+        attention_rollout=response.attention_rollout,
+        attention_rows=tuple(response.attention_rows) or None,
         usage_tokens=response.usage.tokens,
     )
 
@@ -232,9 +259,17 @@ def embed_message(
         return_token_embeddings=return_token_embeddings,
     )
     if attention is not None:
-        message.attention.SetInParent()  # present even when both lists are empty (= all)
+        check_selection(attention)
+        if attention.reduce_heads not in HEAD_REDUCTION:
+            raise errors.InvalidRequest(
+                f"head reduction {attention.reduce_heads!r} is not supported: use 'none', 'mean' or 'max'"
+            )
+        message.attention.SetInParent()  # present even when every list is unset (= all)
         message.attention.layers.extend(attention.layers or ())
         message.attention.heads.extend(attention.heads or ())
+        message.attention.reduce_heads = HEAD_REDUCTION[attention.reduce_heads]
+        message.attention.rollout = attention.rollout
+        message.attention.rows.extend(attention.rows or ())
     return message
 
 

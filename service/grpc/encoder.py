@@ -21,17 +21,19 @@ from service.types import AttentionSelection, EmbedRequest, EmbedResult, Token, 
 
 SERVICE = "mhaserve.v1.Encoder"
 POOLING = {pb.POOLING_UNSPECIFIED: None, pb.POOLING_MEAN: "mean", pb.POOLING_CLS: "cls"}
+HEAD_REDUCTION = {
+    pb.HEAD_REDUCTION_UNSPECIFIED: "none",
+    pb.HEAD_REDUCTION_NONE: "none",
+    pb.HEAD_REDUCTION_MEAN: "mean",
+    pb.HEAD_REDUCTION_MAX: "max",
+}
+HEAD_REDUCTION_OUT = {"none": pb.HEAD_REDUCTION_NONE, "mean": pb.HEAD_REDUCTION_MEAN, "max": pb.HEAD_REDUCTION_MAX}
 
 
 def embed_request(message: pb.EmbedRequest, timeout_s: float | None) -> EmbedRequest:
     if message.pooling not in POOLING:
         raise InvalidRequest(f"pooling {message.pooling} is not a known Pooling value: use POOLING_MEAN or POOLING_CLS")
-    attention = None
-    if message.HasField("attention"):
-        attention = AttentionSelection(
-            layers=tuple(message.attention.layers) or None,
-            heads=tuple(message.attention.heads) or None,
-        )
+    attention = attention_selection(message.attention) if message.HasField("attention") else None
     return EmbedRequest(
         inputs=tuple(message.inputs),
         pooling=POOLING[message.pooling],
@@ -41,6 +43,22 @@ def embed_request(message: pb.EmbedRequest, timeout_s: float | None) -> EmbedReq
         return_token_embeddings=message.return_token_embeddings,
         attention=attention,
         timeout_s=timeout_s,
+    )
+
+
+def attention_selection(message: pb.AttentionSelection) -> AttentionSelection:
+    """An unset (so also an empty) list means all: proto3 cannot send an empty one."""
+    if message.reduce_heads not in HEAD_REDUCTION:
+        raise InvalidRequest(
+            f"reduce_heads {message.reduce_heads} is not a known HeadReduction value: "
+            "use HEAD_REDUCTION_NONE, HEAD_REDUCTION_MEAN or HEAD_REDUCTION_MAX"
+        )
+    return AttentionSelection(
+        layers=tuple(message.layers) or None,
+        heads=tuple(message.heads) or None,
+        reduce_heads=HEAD_REDUCTION[message.reduce_heads],
+        rollout=message.rollout,
+        rows=tuple(message.rows) or None,
     )
 
 
@@ -71,6 +89,9 @@ def embed_response(request_id: str, result: EmbedResult) -> pb.EmbedResponse:
         response.attention.extend(tensor(a) for a in result.attention)
         response.attention_layers.extend(result.attention_layers)
         response.attention_heads.extend(result.attention_heads)
+        response.attention_reduce_heads = HEAD_REDUCTION_OUT[result.attention_reduce_heads]
+        response.attention_rollout = result.attention_rollout
+        response.attention_rows.extend(result.attention_rows or ())
     return response
 
 

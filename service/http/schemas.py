@@ -25,9 +25,55 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+EMBED_EXAMPLES = {
+    "rollout_cls_row": {
+        "summary": "What [CLS] draws from, through every layer (attention rollout)",
+        "value": {"inputs": ["The cat sat on the mat."], "return_attention": {"rollout": True, "rows": [0]}},
+    },
+    "head_mean_per_layer": {
+        "summary": "The head mean of every layer",
+        "value": {"inputs": ["The cat sat on the mat."], "return_attention": {"reduce_heads": "mean"}},
+    },
+    "chosen_heads": {
+        "summary": "Layers 0 and 5, heads 3 and 11, as base64 float32",
+        "value": {
+            "inputs": ["The cat sat on the mat."],
+            "return_tokens": True,
+            "return_attention": {"layers": [0, 5], "heads": [3, 11]},
+            "encoding": "base64",
+        },
+    },
+}
+
+
 class AttentionBody(Strict):
-    layers: list[StrictInt] | Literal["all"] = Field("all", description='layer indices (0-based) or "all"')
-    heads: list[StrictInt] | Literal["all"] = Field("all", description='head indices (0-based) or "all"')
+    """The answer is [layers', heads', rows', T] per input: the selected layers and heads, heads' = 1
+    once reduced, layers' = heads' = 1 for the rollout, rows' the rows kept, T the input's tokens."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"rollout": True, "rows": [0]}, {"layers": [5], "reduce_heads": "mean"}]},
+    )
+
+    layers: list[StrictInt] | Literal["all"] = Field(
+        "all", description='layer indices (0-based) in answer order, or "all"; an empty list is refused'
+    )
+    heads: list[StrictInt] | Literal["all"] = Field(
+        "all", description='head indices (0-based), or "all"; an empty list is refused'
+    )
+    reduce_heads: Literal["none", "mean", "max"] = Field(
+        "none", description="none: each selected head; mean or max over the selected heads (heads axis 1)"
+    )
+    rollout: StrictBool = Field(
+        False,
+        description="attention rollout through the selected layers in increasing order: R = Â_lk ··· Â_l1 with "
+        "Â = rownorm(0.5·A + 0.5·I), A the head mean (the max if reduce_heads is max); layers and heads axes 1",
+    )
+    rows: list[StrictInt] | Literal["all"] = Field(
+        "all",
+        description='query positions to keep, e.g. [0] for what [CLS] draws from, or "all"; a position past an '
+        "input's tokens is refused, naming its length",
+    )
 
 
 class EmbedBody(Strict):
@@ -50,6 +96,9 @@ class EmbedBody(Strict):
             attention = AttentionSelection(
                 layers=None if a.layers == "all" else tuple(a.layers),
                 heads=None if a.heads == "all" else tuple(a.heads),
+                reduce_heads=a.reduce_heads,
+                rollout=a.rollout,
+                rows=None if a.rows == "all" else tuple(a.rows),
             )
         return EmbedRequest(
             inputs=as_tuple(self.inputs),
@@ -94,8 +143,11 @@ class TensorOut(BaseModel):
 
 
 class AttentionOut(TensorOut):
-    layers: list[int]
-    heads: list[int]
+    layers: list[int] = Field(description="the layers the answer was computed from")
+    heads: list[int] = Field(description="the heads the answer was computed from")
+    reduce_heads: Literal["none", "mean", "max"]
+    rollout: bool
+    rows: list[int] | Literal["all"]
 
 
 class Usage(BaseModel):
@@ -204,10 +256,19 @@ def embed_response(result: EmbedResult, encoding: str) -> dict:
     if result.token_embeddings is not None:
         body["token_embeddings"] = [tensor(t, encoding) for t in result.token_embeddings]
     if result.attention is not None:
-        layers, heads = list(result.attention_layers), list(result.attention_heads)
-        body["attention"] = [{"layers": layers, "heads": heads, **tensor(a, encoding)} for a in result.attention]
+        body["attention"] = [{**attention_fields(result), **tensor(a, encoding)} for a in result.attention]
     body["usage"] = {"tokens": result.usage_tokens}
     return body
+
+
+def attention_fields(result: EmbedResult) -> dict:
+    return {
+        "layers": list(result.attention_layers),
+        "heads": list(result.attention_heads),
+        "reduce_heads": result.attention_reduce_heads,
+        "rollout": result.attention_rollout,
+        "rows": "all" if result.attention_rows is None else list(result.attention_rows),
+    }
 
 
 def openai_response(result: EmbedResult, encoding: str) -> dict:

@@ -2,10 +2,10 @@
 
 The model, named as in the manifest, takes a BYTES input `text` [n] (or [n, 1]) and gives FP32
 `embedding` [n, d_model]; on request also `token_embeddings` [n, T, d_model] and `attention`
-[n, layers, heads, T, T], padded with zeros to the longest input T, and INT32 `lengths` [n]
-saying how much of each row is real. Options travel as request parameters (see PARAMETERS).
-The wire codecs are service.kserve.rest (JSON and Triton's binary extension) and
-service.kserve.grpc; this module knows neither.
+[n, layers', heads', rows', T] (the REST answer's axes), padded with zeros to the longest input
+T, and INT32 `lengths` [n] saying how much of each row is real. Options travel as request
+parameters (see PARAMETERS). The wire codecs are service.kserve.rest (JSON and Triton's binary
+extension) and service.kserve.grpc; this module knows neither.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ PARAMETERS = {
     "return_attention": "bool, add attention and lengths when no outputs are listed",
     "attention_layers": '"all" or comma-separated layer indices, e.g. "0,5" (default all)',
     "attention_heads": '"all" or comma-separated head indices (default all)',
+    "attention_reduce_heads": '"none", "mean" or "max" over the selected heads (default "none")',
+    "attention_rollout": "bool, attention rollout through the selected layers (default false)",
+    "attention_rows": '"all" or comma-separated query positions, e.g. "0" for [CLS] (default all)',
     "timeout": "int, the request's deadline in microseconds",
 }
 IGNORED_PARAMETERS = ("binary_data_output", "priority")  # protocol-level: handled by the transport, or moot
@@ -112,9 +115,17 @@ class KServeModel:
                 outputs += (ATTENTION,)
             if len(outputs) > 1:
                 outputs += (LENGTHS,)
+        reduce_heads = parameters.get("attention_reduce_heads", "none")
+        if not isinstance(reduce_heads, str):
+            raise InvalidRequest(
+                f"parameter 'attention_reduce_heads' must be a string, 'none', 'mean' or 'max'; got {reduce_heads!r}"
+            )
         selection = AttentionSelection(
             layers=index_parameter(parameters, "attention_layers"),
             heads=index_parameter(parameters, "attention_heads"),
+            reduce_heads=reduce_heads,
+            rollout=bool_parameter(parameters, "attention_rollout"),
+            rows=index_parameter(parameters, "attention_rows"),
         )
         if "timeout" in parameters:
             microseconds = parameters["timeout"]
@@ -181,13 +192,15 @@ def bool_parameter(parameters: dict[str, Any], key: str, default: bool = False) 
 
 
 def index_parameter(parameters: dict[str, Any], key: str) -> tuple[int, ...] | None:
-    """ "all" (or absent) -> None; "0,5" or an integer -> the indices."""
+    """ "all" (or absent) -> None; "0,5" or an integer -> the indices; "" -> none, which the engine refuses."""
     value = parameters.get(key, "all")
     if isinstance(value, int) and not isinstance(value, bool):
         return (value,)
     if isinstance(value, str):
         if value.strip() == "all":
             return None
+        if not value.strip():
+            return ()
         try:
             return tuple(int(part) for part in value.split(","))
         except ValueError:

@@ -17,19 +17,36 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DTYPE_UNSPECIFIED: _ClassVar[DType]
     DTYPE_FLOAT32: _ClassVar[DType]
+
+class HeadReduction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HEAD_REDUCTION_UNSPECIFIED: _ClassVar[HeadReduction]
+    HEAD_REDUCTION_NONE: _ClassVar[HeadReduction]
+    HEAD_REDUCTION_MEAN: _ClassVar[HeadReduction]
+    HEAD_REDUCTION_MAX: _ClassVar[HeadReduction]
 POOLING_UNSPECIFIED: Pooling
 POOLING_MEAN: Pooling
 POOLING_CLS: Pooling
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
+HEAD_REDUCTION_UNSPECIFIED: HeadReduction
+HEAD_REDUCTION_NONE: HeadReduction
+HEAD_REDUCTION_MEAN: HeadReduction
+HEAD_REDUCTION_MAX: HeadReduction
 
 class AttentionSelection(_message.Message):
-    __slots__ = ("layers", "heads")
+    __slots__ = ("layers", "heads", "reduce_heads", "rollout", "rows")
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     HEADS_FIELD_NUMBER: _ClassVar[int]
+    REDUCE_HEADS_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
     layers: _containers.RepeatedScalarFieldContainer[int]
     heads: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ...) -> None: ...
+    reduce_heads: HeadReduction
+    rollout: bool
+    rows: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., reduce_heads: _Optional[_Union[HeadReduction, str]] = ..., rollout: _Optional[bool] = ..., rows: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("id", "inputs", "pooling", "normalize", "truncate", "return_tokens", "return_token_embeddings", "attention")
@@ -104,7 +121,7 @@ class Usage(_message.Message):
     def __init__(self, tokens: _Optional[int] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
-    __slots__ = ("id", "model", "embeddings", "tokens", "token_embeddings", "attention", "attention_layers", "attention_heads", "usage", "error")
+    __slots__ = ("id", "model", "embeddings", "tokens", "token_embeddings", "attention", "attention_layers", "attention_heads", "usage", "error", "attention_reduce_heads", "attention_rollout", "attention_rows")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +132,9 @@ class EmbedResponse(_message.Message):
     ATTENTION_HEADS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_REDUCE_HEADS_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_ROWS_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     embeddings: _containers.RepeatedCompositeFieldContainer[Embedding]
@@ -125,7 +145,10 @@ class EmbedResponse(_message.Message):
     attention_heads: _containers.RepeatedScalarFieldContainer[int]
     usage: Usage
     error: Error
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., tokens: _Optional[_Iterable[_Union[TokenList, _Mapping]]] = ..., token_embeddings: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., attention: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., attention_layers: _Optional[_Iterable[int]] = ..., attention_heads: _Optional[_Iterable[int]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    attention_reduce_heads: HeadReduction
+    attention_rollout: bool
+    attention_rows: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., tokens: _Optional[_Iterable[_Union[TokenList, _Mapping]]] = ..., token_embeddings: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., attention: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., attention_layers: _Optional[_Iterable[int]] = ..., attention_heads: _Optional[_Iterable[int]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., attention_reduce_heads: _Optional[_Union[HeadReduction, str]] = ..., attention_rollout: _Optional[bool] = ..., attention_rows: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
     __slots__ = ("inputs", "truncate")

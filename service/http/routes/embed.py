@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Request
 from fastapi.responses import Response
 
 from service.http.deps import Authorized, EngineDep
 from service.http.edge import DATA_ROUTE_ERRORS, embed_until_disconnected, error_responses, json_response
 from service.http.schemas import (
+    EMBED_EXAMPLES,
     EmbedBody,
     EmbedResponse,
     TokenizeBody,
@@ -23,7 +26,12 @@ router = APIRouter(tags=["embeddings"])
 
 
 @router.post("/v1/embed", response_model=EmbedResponse, responses=error_responses(*DATA_ROUTE_ERRORS))
-async def embed(body: EmbedBody, request: Request, engine: EngineDep, _: Authorized) -> Response:
+async def embed(
+    body: Annotated[EmbedBody, Body(openapi_examples=EMBED_EXAMPLES)],
+    request: Request,
+    engine: EngineDep,
+    _: Authorized,
+) -> Response:
     """Pooled embeddings; on request word pieces, per-token embeddings and attention."""
     result = await embed_until_disconnected(engine, request, body.to_request())
     return json_response(embed_response(result, body.encoding), headers=timing_headers(result))
