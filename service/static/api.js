@@ -73,12 +73,17 @@ export class ApiClient {
   // One text's word pieces, embedding and the attention of the chosen layers and heads.
   // truncate: false, so a text over the model's limit is reported instead of silently cut.
   embedWithAttention(text, layers, heads) {
+    return this.embedWithAttentionOptions(text, { layers, heads });
+  }
+
+  // returnAttention: the API's return_attention (layers, heads, reduce_heads, rollout, rows).
+  embedWithAttentionOptions(text, returnAttention) {
     return this.request("POST", "/v1/embed", {
       inputs: [text],
       normalize: true,
       truncate: false,
       return_tokens: true,
-      return_attention: { layers, heads },
+      return_attention: returnAttention,
       encoding: "base64",
     });
   }

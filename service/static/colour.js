@@ -42,7 +42,8 @@ export class ColourScale {
 }
 
 // The legend: a gradient bar with its lowest, middle and highest value written under it.
-export function drawLegend(container, scale) {
+// `whose`: whose largest weight the relative scale ends at.
+export function drawLegend(container, scale, whose = "this head's") {
   container.replaceChildren();
   const bar = document.createElement("div");
   bar.className = "legend-bar";
@@ -60,7 +61,7 @@ export function drawLegend(container, scale) {
   caption.textContent =
     scale.mode === "fixed"
       ? "Attention weight, from 0 (dark) to 1 (bright yellow)."
-      : `Attention weight, from 0 (dark) to this head's largest weight, ${scale.max.toFixed(3)} (bright yellow).`;
+      : `Attention weight, from 0 (dark) to ${whose} largest weight, ${scale.max.toFixed(3)} (bright yellow).`;
   container.setAttribute("aria-label", caption.textContent);
   container.append(bar, ticks, caption);
 }

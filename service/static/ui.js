@@ -1,5 +1,14 @@
 // The attention explorer: wires the form, the menus and the views to the REST API.
 
+import {
+  attentionReceived,
+  downloadJson,
+  downloadPicture,
+  heatmapPicture,
+  ImportanceStrip,
+  LayerMeans,
+  ReducedAttention,
+} from "./analytics.js";
 import { ApiClient, ApiError } from "./api.js";
 import { AttentionSet, matrixMax } from "./attention.js";
 import { ColourScale, drawLegend } from "./colour.js";
@@ -13,10 +22,30 @@ const byId = (id) => document.getElementById(id);
 const api = new ApiClient();
 const heatmap = new Heatmap(byId("heatmap"), byId("heatmap-readout"));
 const tokenView = new TokenView(byId("token-view"), byId("token-readout"), (row) => heatmap.highlightRow(row));
-const overview = new Overview(byId("overview"), (layer, head) => selectHead(layer, head));
+const overview = new Overview(byId("overview"), (layer, head) => {
+  setView("head");
+  selectHead(layer, head);
+});
+const strip = new ImportanceStrip(byId("importance-strip"), byId("importance-readout"));
+const layerMeans = new LayerMeans(byId("layer-means"), (layer) => {
+  setView("mean");
+  selectHead(layer, shown.head);
+});
 
-// What is on screen: the text, its word pieces, the attention fetched for it, the chosen head.
-const shown = { text: "", tokens: [], attention: null, layer: 0, head: 0 };
+// What is on screen: the text, its word pieces, the attention fetched for it, the chosen view
+// ("head", "mean" or "rollout"), layer and head, and each view's answer as the server sent it.
+const shown = {
+  text: "",
+  tokens: [],
+  attention: null, // AttentionSet: per-head
+  means: null, // ReducedAttention: the head mean of every layer
+  rollout: null, // ReducedAttention: the rollout through every layer
+  cls: null, // ReducedAttention: the rollout's [CLS] row
+  answers: {},
+  view: "head",
+  layer: 0,
+  head: 0,
+};
 let latestRequest = 0; // answers to older requests are dropped
 
 function showMessage(region, text) {
@@ -74,18 +103,66 @@ function currentScale(matrix) {
   return new ColourScale(byId("scale-mode").value, matrixMax(matrix));
 }
 
-function renderSelectedHead() {
-  const { tokens, attention, layer, head } = shown;
-  const matrix = attention.matrix(layer, head);
+// The matrix the chosen view shows, its title, whose weights the scale ends at, and a file name.
+function shownMatrix() {
+  const { view, attention, means, rollout, layer, head } = shown;
+  if (view === "mean") {
+    const title = `Layer ${layer}, mean of ${means.heads.length} heads`;
+    return { matrix: means.layerMatrix(layer), title, whose: "this mean's", name: `layer${layer}-head-mean` };
+  }
+  if (view === "rollout") {
+    const layers = rollout.layers;
+    const title = `Rollout through layers ${Math.min(...layers)}\u2013${Math.max(...layers)}`;
+    return { matrix: rollout.matrix(0), title, whose: "the rollout's", name: "rollout" };
+  }
+  return { matrix: attention.matrix(layer, head), title: `Layer ${layer}, head ${head}`, whose: "this head's", name: `layer${layer}-head${head}` };
+}
+
+function renderView() {
+  const { tokens, layer, head, view } = shown;
+  const { matrix, title, whose } = shownMatrix();
   const scale = currentScale(matrix);
-  const title = `Layer ${layer}, head ${head}`;
   byId("heatmap-title").textContent = title;
+  byId("view-mode").value = view;
   byId("layer").value = String(layer);
   byId("head").value = String(head);
+  byId("layer").disabled = view === "rollout";
+  byId("head").disabled = view !== "head";
   heatmap.render(tokens, matrix, scale, title);
   tokenView.render(tokens, matrix, scale);
-  drawLegend(byId("legend"), scale);
-  overview.markSelected(layer, head);
+  drawLegend(byId("legend"), scale, whose);
+  overview.markSelected(shown.layer, shown.head);
+  if (shown.means) layerMeans.markSelected(view === "mean" ? layer : null);
+}
+
+function setView(view) {
+  shown.view = view;
+  byId("view-mode").value = view;
+}
+
+// The token-importance strip, from the rollout's [CLS] row or the mean attention received.
+function renderImportance() {
+  const select = byId("importance-source");
+  select.querySelector("option[value=rollout]").disabled = !shown.cls;
+  select.querySelector("option[value=received]").disabled = !shown.means;
+  if (select.value === "rollout" && !shown.cls) select.value = "received";
+  if (select.value === "received" && !shown.means) select.value = "rollout";
+  if (select.value === "rollout" && shown.cls) {
+    strip.render(shown.tokens, shown.cls.matrix(0), "what [CLS] draws from through every layer (rollout)");
+  } else if (shown.means) {
+    strip.render(shown.tokens, attentionReceived(shown.means), "the mean attention it receives");
+  } else {
+    byId("importance-strip").replaceChildren();
+    byId("importance-readout").textContent = "Token importance is not available for this text.";
+  }
+}
+
+function renderLayerMeans() {
+  if (!shown.means) {
+    layerMeans.clear("The head means are too large for this server's attention limit for this text.");
+    return;
+  }
+  layerMeans.render(shown.means, byId("scale-mode").value, shown.view === "mean" ? shown.layer : null);
 }
 
 function renderOverview() {
@@ -101,6 +178,17 @@ function renderOverview() {
   }
   note.textContent = "Each square is one head's heatmap. Choose one to see it above (arrow keys move between them).";
   overview.render(attention, attention.layers, attention.heads, byId("scale-mode").value, shown);
+}
+
+// A reduced view the server may find too large (413) under a small limit: null, and the page
+// goes on without it.
+async function fetchReduced(text, returnAttention) {
+  try {
+    return await api.embedWithAttentionOptions(text, returnAttention);
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 413) return null;
+    throw error;
+  }
 }
 
 // Ask for every layer and head; a text too long for that (413) falls back to one head.
@@ -126,9 +214,24 @@ async function explore(text) {
   const request = ++latestRequest;
   setBusy(form, true, "Asking the server\u2026");
   try {
-    const answer = await fetchAttention(text, "all", "all");
+    const [answer, meansAnswer, rolloutAnswer, clsAnswer] = await Promise.all([
+      fetchAttention(text, "all", "all"),
+      fetchReduced(text, { reduce_heads: "mean" }),
+      fetchReduced(text, { rollout: true }),
+      fetchReduced(text, { rollout: true, rows: [0] }),
+    ]);
     if (request !== latestRequest) return;
     const attention = new AttentionSet(answer.attention[0]);
+    const reduced = (reply) => (reply ? new ReducedAttention(reply.attention[0]) : null);
+    Object.assign(shown, {
+      means: reduced(meansAnswer),
+      rollout: reduced(rolloutAnswer),
+      cls: reduced(clsAnswer),
+      answers: { head: answer, mean: meansAnswer, rollout: rolloutAnswer },
+    });
+    byId("view-mode").querySelector("option[value=mean]").disabled = !shown.means;
+    byId("view-mode").querySelector("option[value=rollout]").disabled = !shown.rollout;
+    if ((shown.view === "mean" && !shown.means) || (shown.view === "rollout" && !shown.rollout)) setView("head");
     if (byId("layer").options.length === 0) {
       fillSelect(byId("layer"), Math.max(...attention.layers) + 1, "Layer");
       fillSelect(byId("head"), Math.max(...attention.heads) + 1, "Head");
@@ -138,7 +241,9 @@ async function explore(text) {
     byId("results").hidden = false;
     byId("piece-count").textContent = `${shown.tokens.length} word pieces, special tokens included.`;
     renderWordPieces(byId("word-pieces"), shown.tokens, (i) => tokenView.setFrom(i));
-    renderSelectedHead();
+    renderImportance();
+    renderView();
+    renderLayerMeans();
     renderOverview();
     setBusy(form, false, `Showing ${shown.tokens.length} word pieces.`);
   } catch (error) {
@@ -171,8 +276,8 @@ async function selectHead(layer, head) {
   shown.layer = layer;
   shown.head = head;
   if (!shown.attention) return;
-  if (shown.attention.has(layer, head)) {
-    renderSelectedHead();
+  if (shown.view !== "head" || shown.attention.has(layer, head)) {
+    renderView();
     return;
   }
   const form = byId("explore-form");
@@ -183,7 +288,8 @@ async function selectHead(layer, head) {
     const answer = await fetchAttention(shown.text, [layer], [head]);
     if (request !== latestRequest) return;
     shown.attention = new AttentionSet(answer.attention[0]);
-    renderSelectedHead();
+    shown.answers.head = answer;
+    renderView();
     setBusy(form, false, `Showing layer ${layer}, head ${head}.`);
   } catch (error) {
     if (request !== latestRequest) return;
@@ -233,10 +339,27 @@ submitOnCtrlEnter(byId("sentence"), byId("explore-form"));
 submitOnCtrlEnter(byId("compare-input"), byId("compare-form"));
 byId("layer").addEventListener("change", () => selectHead(Number(byId("layer").value), shown.head));
 byId("head").addEventListener("change", () => selectHead(shown.layer, Number(byId("head").value)));
+byId("view-mode").addEventListener("change", () => {
+  setView(byId("view-mode").value);
+  selectHead(shown.layer, shown.head);
+});
 byId("scale-mode").addEventListener("change", () => {
   if (!shown.attention) return;
-  renderSelectedHead();
+  renderView();
+  renderLayerMeans();
   renderOverview();
+});
+byId("importance-source").addEventListener("change", () => {
+  if (shown.attention) renderImportance();
+});
+byId("download-png").addEventListener("click", () => {
+  if (!shown.attention) return;
+  const { matrix, title, name } = shownMatrix();
+  downloadPicture(heatmapPicture(shown.tokens, matrix, currentScale(matrix), title), `attention-${name}.png`);
+});
+byId("download-json").addEventListener("click", () => {
+  if (!shown.attention) return;
+  downloadJson(shown.answers[shown.view], `attention-${shownMatrix().name}.json`);
 });
 function useApiKey() {
   const key = byId("api-key").value.trim();

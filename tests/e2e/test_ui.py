@@ -254,3 +254,130 @@ def test_compared_sentences_show_the_cosine_similarity_of_their_embeddings(page,
     i, j = max(((i, j) for i in range(3) for j in range(i + 1, 3)), key=lambda pair: expected[pair])
     assert page.text_content(".compare-summary") == f"Most similar pair: S{i + 1} and S{j + 1} ({expected[i, j]:.2f})."
     assert log.errors == []
+
+
+def rest_attention(url: str, text: str, attention: dict) -> np.ndarray:
+    answer = httpx.post(url + "/v1/embed", json={"inputs": [text], "return_attention": attention}, timeout=30)
+    answer.raise_for_status()
+    return np.array(answer.json()["attention"][0]["data"])
+
+
+def attention_requests(page: Page) -> list[dict]:
+    """The return_attention of every /v1/embed request the page sends."""
+    sent: list[dict] = []
+
+    def record(request) -> None:
+        if request.url.endswith("/v1/embed") and request.post_data:
+            sent.append(json.loads(request.post_data).get("return_attention"))
+
+    page.on("request", record)
+    return sent
+
+
+def test_token_importance_is_the_servers_rollout_cls_row_and_reads_by_keyboard(page, server):
+    pieces = word_pieces(server.url, SENTENCE)
+    n = len(pieces)
+    cls_row = rest_attention(server.url, SENTENCE, {"rollout": True, "rows": [0]})[0, 0, 0]
+    log = open_explorer(page, server.url)
+    sent = attention_requests(page)
+    show_attention(page, SENTENCE)
+    page.wait_for_function(f"document.querySelectorAll('#importance-strip li').length === {n}")
+
+    strip = page.locator("#importance-strip li")
+    assert strip.all_text_contents() == [piece["text"] for piece in pieces]
+    shown = [float(value) for value in strip.evaluate_all("items => items.map(i => i.dataset.value)")]
+    np.testing.assert_allclose(shown, cls_row, atol=1e-5)
+    assert {"rollout": True, "rows": [0]} in sent and {"reduce_heads": "mean"} in sent
+
+    page.focus("#importance-strip")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    readout = page.text_content("#importance-readout")
+    assert readout.startswith(f"\u201c{pieces[1]['text']}\u201d (#1): {cls_row[1]:.3f}")
+    rank = int((cls_row > cls_row[1]).sum()) + 1
+    assert f" {rank}" in readout and f"of {n} by what [CLS] draws from" in readout
+    assert "Attention is not explanation" in page.text_content(".caveat")
+
+    page.select_option("#importance-source", "received")
+    means = rest_attention(server.url, SENTENCE, {"reduce_heads": "mean"})  # (6, 1, n, n)
+    shown = [float(value) for value in strip.evaluate_all("items => items.map(i => i.dataset.value)")]
+    np.testing.assert_allclose(shown, means.mean(axis=(0, 1, 2)), atol=1e-5)
+    assert log.errors == []
+
+
+def test_the_rollout_view_shows_the_servers_rollout_and_is_kept_as_a_screenshot(page, server):
+    n = len(word_pieces(server.url, SENTENCE))
+    log = open_explorer(page, server.url)
+    sent = attention_requests(page)
+    show_attention(page, SENTENCE)
+    page.wait_for_function(f"document.querySelectorAll('#importance-strip li').length === {n}")
+    page.focus("#view-mode")
+    page.select_option("#view-mode", "rollout")
+    assert page.text_content("#heatmap-title") == "Rollout through layers 0\u20135"
+    assert page.locator("#heatmap .attn-cell").count() == n * n
+    assert page.is_disabled("#head") and page.is_disabled("#layer")
+    assert {"rollout": True} in sent
+
+    rollout = rest_attention(server.url, SENTENCE, {"rollout": True})[0, 0]
+    page.focus("#heatmap")
+    page.keyboard.press("ArrowDown")  # the cursor starts at [CLS], [CLS]
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowRight")
+    assert f"with weight {rollout[1, 1]:.3f}" in page.text_content("#heatmap-readout")
+    assert log.errors == []
+
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "ui-rollout.png"), full_page=True)
+
+
+def test_the_head_mean_per_layer_is_chosen_by_keyboard(page, server):
+    means = rest_attention(server.url, SENTENCE, {"reduce_heads": "mean"})
+    log = open_explorer(page, server.url)
+    show_attention(page, SENTENCE)
+    buttons = page.locator("#layer-means button.multiple")
+    buttons.first.wait_for()
+    assert buttons.count() == 6
+    first = page.get_by_role("button", name="Layer 0, mean of all heads")
+    first.focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Enter")
+    assert page.text_content("#heatmap-title") == "Layer 2, mean of 12 heads"
+    assert page.input_value("#view-mode") == "mean"
+    assert page.get_by_role("button", name="Layer 2, mean of all heads").get_attribute("aria-pressed") == "true"
+    page.hover("#token-view .t2t-from[data-index='3']")
+    strongest = int(means[2, 0, 3].argmax())
+    assert f"attends most to \u201c{word_pieces(server.url, SENTENCE)[strongest]['text']}\u201d" in page.text_content(
+        "#token-readout"
+    )
+    page.select_option("#layer", "4")
+    assert page.text_content("#heatmap-title") == "Layer 4, mean of 12 heads"
+    assert log.errors == []
+
+
+def test_what_is_shown_downloads_as_png_and_as_the_json_answer(page, server, tmp_path):
+    n = len(word_pieces(server.url, SENTENCE))
+    log = open_explorer(page, server.url)
+    show_attention(page, SENTENCE)
+    page.wait_for_function(f"document.querySelectorAll('#importance-strip li').length === {n}")
+    page.select_option("#view-mode", "rollout")
+
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download PNG").click()
+    assert download.value.suggested_filename == "attention-rollout.png"
+    picture = Path(download.value.path()).read_bytes()
+    assert picture.startswith(b"\x89PNG\r\n\x1a\n") and len(picture) > 1000
+
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download JSON").click()
+    assert download.value.suggested_filename == "attention-rollout.json"
+    answer = json.loads(Path(download.value.path()).read_text())
+    entry = answer["attention"][0]
+    assert entry["shape"] == [1, 1, n, n] and entry["rollout"] is True and entry["layers"] == list(range(6))
+
+    page.select_option("#view-mode", "head")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download JSON").click()
+    assert download.value.suggested_filename == "attention-layer0-head0.json"
+    assert json.loads(Path(download.value.path()).read_text())["attention"][0]["shape"] == [6, 12, n, n]
+    assert log.errors == []
