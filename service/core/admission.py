@@ -8,6 +8,7 @@ costs no tokenizer round trip), and the exact token count when it is queued.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import math
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ from service.errors import InvalidRequest, Overloaded, PayloadTooLarge
 from service.types import AttentionSelection
 
 MIN_REQUEST_TOKENS = 3  # the smallest request: one input of one token, with [CLS] and [SEP]
-RATE_SMOOTHING = 0.1  # weight of each new batch in the backend's measured tokens per second
+RATE_WINDOW_S = 2.0  # the drain rate is measured over this much of the latest saturated time
 
 
 def estimate_tokens(texts: list[str] | tuple[str, ...], max_len: int) -> int:
@@ -43,7 +44,8 @@ class Admission:
         self.inflight = 0
         self.tokenizing = 0  # admitted requests not yet queued: company for a waiting batch
         self.tokenizing_tokens = 0  # their estimated tokens, counted against the queue's room
-        self.tokens_per_s: float | None = None  # what the fast path computes, once a batch has run
+        self.tokens_per_s: float | None = None  # the rate the queue drains at, once measured saturated
+        self._saturated: collections.deque[tuple[float, int]] = collections.deque()
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -109,8 +111,8 @@ class Admission:
         return estimate_tokens(inputs, self.spec.max_len)
 
     def room(self) -> int:
-        """Tokens the queue takes now: max_queue_tokens, and no more than the backend computes in
-        queue_wait_share of request_timeout_s at its current rate, so that under overload what is
+        """Tokens the queue takes now: max_queue_tokens, and no more than drains in queue_wait_share
+        of request_timeout_s at the rate measured while saturated, so that under overload what is
         accepted is answered well within its deadline and the rest is refused at once."""
         limit = self.settings.max_queue_tokens
         share = self.settings.queue_wait_share
@@ -118,12 +120,20 @@ class Admission:
             limit = min(limit, max(self.spec.max_len, int(self.tokens_per_s * share * self.settings.request_timeout_s)))
         return limit
 
-    def record_batch(self, tokens: int, seconds: float, workers: int) -> None:
-        """A computed fast-path batch: `workers` such batches run at once, so the backend's rate
-        is this batch's times the workers (exact when all are busy, which is when it matters)."""
-        sample = tokens * workers / max(seconds, 1e-6)
-        previous = self.tokens_per_s
-        self.tokens_per_s = sample if previous is None else previous + RATE_SMOOTHING * (sample - previous)
+    def record_batch(self, tokens: int, now: float) -> None:
+        """A computed fast-path batch. While work stays queued the backend is saturated, and the
+        tokens it finishes per second of wall time are the rate the queue drains at, whatever
+        else (parsing, refusing, the tokenizer) shares the cores; an empty queue ends the window."""
+        if not self.queued_tokens():
+            self._saturated.clear()
+            return
+        window = self._saturated
+        window.append((now, tokens))
+        while now - window[0][0] > RATE_WINDOW_S:
+            window.popleft()
+        span = now - window[0][0]
+        if span >= RATE_WINDOW_S / 4:
+            self.tokens_per_s = sum(n for _, n in list(window)[1:]) / span
 
     def clearly_full(self, at_least: int = MIN_REQUEST_TOKENS) -> bool:
         """True when a request of at least this many tokens cannot fit: the queue, with what is

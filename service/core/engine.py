@@ -258,8 +258,8 @@ class Engine:
         self.health.batch_done(stats.ok)
         if not stats.ok:
             return
-        if path == FAST and self.admission is not None and self.backend is not None:
-            self.admission.record_batch(stats.real_tokens, stats.inference_s, self.backend.workers)
+        if path == FAST and self.admission is not None:
+            self.admission.record_batch(stats.real_tokens, time.monotonic())
         m = self.metrics
         m.inference_duration.labels(path).observe(stats.inference_s)
         m.batch_size.observe(stats.size)

@@ -232,7 +232,7 @@ def test_under_overload_the_queue_takes_only_what_it_can_answer_within_the_deadl
     budget it takes about ten 4-token requests; what it accepts is answered in time."""
 
     async def flood(engine):
-        await engine.embed(embed("the man"))  # one batch: the rate is known
+        await asyncio.gather(*(engine.embed(embed("the man")) for _ in range(10)))  # saturated: the rate is known
         started = time.monotonic()
         outcomes = await asyncio.gather(*(engine.embed(embed("the man")) for _ in range(30)), return_exceptions=True)
         return outcomes, time.monotonic() - started
