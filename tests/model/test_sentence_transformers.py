@@ -205,3 +205,114 @@ def test_format_2_round_trips_with_dense_layers_checked(tmp_path):
     ]:
         with pytest.raises(ArtifactError, match=says):
             Manifest.from_dict({**raw, **change}, Path("manifest.json"))
+
+
+WORDS = [
+    "a",
+    "man",
+    "woman",
+    "child",
+    "is",
+    "plays",
+    "playing",
+    "guitar",
+    "piano",
+    "the",
+    "on",
+    "in",
+    "park",
+    "dog",
+    "runs",
+    "quickly",
+    "slowly",
+]
+
+
+def write_tiny_mpnet_st(directory: Path, pooling: str) -> Path:
+    """A whole sentence-transformers MPNet directory: random weights, a word-level vocabulary whose
+    pad id is 1 as MPNet's, weightedmean (or any) pooling, a Dense layer and Normalize."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+    from transformers import MPNetConfig, MPNetModel
+
+    vocab = {token: i for i, token in enumerate(["<s>", "<pad>", "</s>", "[UNK]", *WORDS])}
+    tokenizer = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "pad_token": "<pad>",
+                "cls_token": "<s>",
+                "sep_token": "</s>",
+                "unk_token": "[UNK]",
+                "model_max_length": 64,
+            }
+        )
+    )
+    torch.manual_seed(0)
+    config = MPNetConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        intermediate_size=32,
+        max_position_embeddings=66,
+        layer_norm_eps=1e-5,
+    )
+    hf = MPNetModel(config, add_pooling_layer=False)
+    with torch.no_grad():
+        for name, parameter in hf.named_parameters():
+            if "LayerNorm" not in name:
+                parameter.normal_(0.0, 0.3)
+    hf.save_pretrained(directory, safe_serialization=True)
+    (directory / "2_Dense").mkdir()
+    STDense(16, 8, activation_function=torch.nn.Tanh()).save(str(directory / "2_Dense"))
+    return write_st(
+        directory,
+        pooling={"word_embedding_dimension": 16, "pooling_mode": pooling},
+        modules=MODULES,
+        **{
+            "sentence_bert_config.json": {"max_seq_length": 12, "do_lower_case": False},
+            "config_sentence_transformers.json": {"prompts": {"query": "query: "}, "default_prompt_name": None},
+        },
+    )
+
+
+@pytest.mark.parametrize("pooling", ["weightedmean", "lasttoken"])
+def test_an_exported_sentence_transformer_serves_its_own_vectors(tmp_path, pooling):
+    """Exported through the CLI, read back as the server reads it: sentence-transformers' vectors,
+    with its pooling, Dense layer, Normalize and truncation at max_seq_length."""
+    from sentence_transformers import SentenceTransformer
+
+    from model.__main__ import main
+    from model.evaluate import OrtEmbedder
+
+    (tmp_path / "st").mkdir()
+    directory = write_tiny_mpnet_st(tmp_path / "st", pooling)
+    assert (
+        main(["export", "--checkpoint", str(directory), "--out", str(tmp_path / "art"), "--name", "t", "--no-int8"])
+        == 0
+    )
+    artifact = Artifact.load(tmp_path / "art")
+    m = artifact.manifest
+    assert (m.pooling, m.normalize, m.embedding_dim, m.max_len, m.prompts) == (
+        pooling,
+        True,
+        8,
+        12,
+        {"query": "query: "},
+    )
+    assert [d.activation for d in m.dense] == ["tanh"] and m.graphs["fast"].fusions["Attention"] == 0
+    texts = [
+        "a man plays guitar",
+        "the dog runs",
+        "A Woman Is Playing Piano In The Park",
+        " ".join(WORDS * 2),  # truncated at 12 tokens
+    ]
+    ours = OrtEmbedder.for_artifact(artifact).embed(texts, normalize=m.normalize)
+    expected = SentenceTransformer(str(directory), device="cpu").encode(texts, convert_to_numpy=True)
+    np.testing.assert_allclose(ours, expected, atol=1e-5, rtol=0)
