@@ -13,6 +13,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator
 
+from artifact.pooling import POOLING_MODES
 from service.backends.base import ModelSpec
 from service.config import Settings
 from service.core.attention import REDUCTIONS, AttentionPlan
@@ -65,8 +66,8 @@ class Admission:
 
     def check_pooling(self, pooling: str | None) -> str:
         pooling = pooling or self.spec.pooling
-        if pooling not in ("mean", "cls"):
-            raise InvalidRequest(f"pooling {pooling!r} is not supported: use 'mean' or 'cls'")
+        if pooling not in POOLING_MODES:
+            raise InvalidRequest(f"pooling {pooling!r} is not supported: use one of {', '.join(POOLING_MODES)}")
         return pooling
 
     def resolve_attention(self, selection: AttentionSelection | None) -> AttentionPlan | None:

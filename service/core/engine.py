@@ -105,13 +105,14 @@ class Engine:
         def run_fast(batch: list[Sequence]) -> list[SequenceResult]:
             options = [sequence.payload for sequence in batch]
             input_ids, attention_mask = batch_inputs(options)
-            return split_batch(backend.embed(input_ids, attention_mask), attention_mask, options, attention=None)
+            hidden = backend.embed(input_ids, attention_mask)
+            return split_batch(hidden, attention_mask, options, attention=None, dense=backend.spec.dense)
 
         def run_attention(batch: list[Sequence]) -> list[SequenceResult]:
             options = [sequence.payload for sequence in batch]
             input_ids, attention_mask = batch_inputs(options)
             hidden, probs = backend.attend(input_ids, attention_mask)
-            return split_batch(hidden, attention_mask, options, attention=probs)
+            return split_batch(hidden, attention_mask, options, attention=probs, dense=backend.spec.dense)
 
         self._batchers = {
             FAST: self._batcher(FAST, run_fast, s.max_batch_tokens, backend.workers),

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from artifact.pooling import pad_batch, pool
+from artifact.pooling import Dense, pad_batch, pool
 from service.core.attention import AttentionPlan, sequence_attention
 
 
@@ -34,14 +34,19 @@ def batch_inputs(options: list[SequenceOptions]) -> tuple[np.ndarray, np.ndarray
 
 
 def split_batch(
-    hidden: np.ndarray, attention_mask: np.ndarray, options: list[SequenceOptions], attention: np.ndarray | None
+    hidden: np.ndarray,
+    attention_mask: np.ndarray,
+    options: list[SequenceOptions],
+    attention: np.ndarray | None,
+    dense: tuple[Dense, ...] = (),
 ) -> list[SequenceResult]:
     """Each sequence's answer from the batch's hidden states (B, T, C) and, for the attention
-    graph, its probabilities (B, L, h, T, T): the batch is pooled once per pooling mode."""
+    graph, its probabilities (B, L, h, T, T): the batch is pooled once per pooling mode, then
+    through the model's Dense layers (artifact/pooling.py, as sentence-transformers does)."""
     hidden = hidden.astype(np.float32, copy=False)
     lengths = attention_mask.sum(1)
     pooled = {
-        (mode, normalize): pool(hidden, lengths, mode, normalize)
+        (mode, normalize): pool(hidden, lengths, mode, normalize, dense)
         for mode, normalize in {(o.pooling, o.normalize) for o in options}
     }
     results = []

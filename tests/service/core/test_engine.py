@@ -193,7 +193,7 @@ def test_bad_requests_are_refused_with_what_to_change():
         cases = [
             (embed(), "inputs is empty"),
             (embed(""), r"inputs\[0\] is an empty string"),
-            (embed("x", pooling="max"), "pooling 'max' is not supported"),
+            (embed("x", pooling="median"), "pooling 'median' is not supported"),
             (embed("x", attention=AttentionSelection(layers=())), "layer selection is empty"),
             (embed("x", attention=AttentionSelection(heads=(5,))), r"head 5 does not exist: the model has heads 0..1"),
             (embed("x", attention=AttentionSelection(layers=(0, 0))), "lists a layer twice"),
