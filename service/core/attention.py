@@ -41,11 +41,13 @@ class AttentionPlan:
 
 def sequence_attention(probs: np.ndarray, n: int, plan: AttentionPlan) -> np.ndarray:
     """One sequence's answer from its graph output probs (L, h, T, T), of which n tokens are real."""
-    selected = probs[np.ix_(plan.layers, plan.heads)][:, :, :n, :n]  # (l, h, n, n)
+    own = probs[:, :, :n, :n]  # (L, h, n, n): a view, its own tokens only
     if plan.rollout:
+        selected = own[np.ix_(plan.layers, plan.heads)]  # (l, h, n, n)
         return rollout_rows(reduce_heads(selected, plan.reduce_heads), plan.layers, plan.rows)[None, None]
     if plan.rows is not None:
-        selected = selected[:, :, list(plan.rows)]  # (l, h, rows, n)
+        own = own[:, :, list(plan.rows)]  # (L, h, rows, n)
+    selected = own[np.ix_(plan.layers, plan.heads)]  # (l, h, rows', n)
     if plan.reduce_heads != "none":
         selected = reduce_heads(selected, plan.reduce_heads)[:, None]
     return np.ascontiguousarray(selected, dtype=np.float32)
@@ -53,8 +55,9 @@ def sequence_attention(probs: np.ndarray, n: int, plan: AttentionPlan) -> np.nda
 
 def reduce_heads(selected: np.ndarray, how: str) -> np.ndarray:
     """(l, h, q, n) -> (l, q, n): the max over heads when asked, otherwise the mean."""
-    selected = selected.astype(np.float64)
-    return selected.max(axis=1) if how == "max" else selected.mean(axis=1)
+    if how == "max":
+        return selected.max(axis=1).astype(np.float64)
+    return selected.mean(axis=1, dtype=np.float64)
 
 
 def rollout_rows(attention: np.ndarray, layers: tuple[int, ...], rows: tuple[int, ...] | None) -> np.ndarray:
