@@ -137,6 +137,50 @@ def test_kserve_parameters_give_the_same_answers_padded_to_the_longest_input(mod
         client.close()
 
 
+def kserve_attention(server, texts: list[str], parameters: dict) -> list[np.ndarray]:
+    """Each input's answer, cut from the padded KServe tensor by its length."""
+    client = triton_http.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    try:
+        text = triton_http.InferInput("text", [len(texts)], "BYTES")
+        text.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object))
+        outputs = [triton_http.InferRequestedOutput("attention"), triton_http.InferRequestedOutput("lengths")]
+        result = client.infer(MODEL, [text], outputs=outputs, parameters=parameters)
+    finally:
+        client.close()
+    attention, lengths = result.as_numpy("attention"), result.as_numpy("lengths")
+    rows = len(parameters["attention_rows"].split(",")) if "attention_rows" in parameters else None
+    return [attention[i, :, :, : rows or n, :n] for i, n in enumerate(lengths)]
+
+
+def answers_on(transport: str, server, rest, grpc_client, texts: list[str], options: dict) -> list[np.ndarray]:
+    if transport == "kserve":
+        parameters = {f"attention_{k}": ",".join(map(str, v)) if isinstance(v, list) else v for k, v in options.items()}
+        return kserve_attention(server, texts, parameters)
+    client = rest if transport == "rest" else grpc_client
+    return client.embed(texts, attention=selection(options)).attention
+
+
+@pytest.mark.parametrize("transport", ["rest", "grpc", "kserve"])
+def test_properties_hold_on_every_transport(transport, server, rest, grpc_client):
+    texts = [SHORT, "A man is playing a guitar.", LONG]
+    per_head = answers_on(transport, server, rest, grpc_client, texts, {})
+    mean = answers_on(transport, server, rest, grpc_client, texts, {"reduce_heads": "mean"})
+    rows = answers_on(transport, server, rest, grpc_client, texts, {"rows": [0, 4]})
+    rollout = answers_on(transport, server, rest, grpc_client, texts, {"rollout": True})
+    for i, text in enumerate(texts):
+        for answer in (per_head[i], mean[i], rows[i], rollout[i]):
+            assert (answer >= 0).all()
+            np.testing.assert_allclose(answer.sum(-1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(mean[i], per_head[i].mean(axis=1, keepdims=True), atol=1e-6)
+        np.testing.assert_array_equal(rows[i], per_head[i][:, :, [0, 4]])
+        # alone (no padding) and in another order: the same answer
+        alone = answers_on(transport, server, rest, grpc_client, [text], {"rollout": True})[0]
+        np.testing.assert_allclose(alone, rollout[i], atol=1e-5)
+    reordered = answers_on(transport, server, rest, grpc_client, texts[::-1], {"rollout": True})
+    for i in range(len(texts)):
+        np.testing.assert_allclose(reordered[::-1][i], rollout[i], atol=1e-5)
+
+
 def test_a_rollout_cls_row_of_a_250_token_text_is_under_a_fiftieth_of_all_heads(start_server):
     server = start_server("--max-attention-values", "5000000")  # all heads of 250 tokens: 4.5 M values
     text = " ".join(["word"] * 248)  # [CLS] + 248 + [SEP]
