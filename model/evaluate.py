@@ -226,10 +226,12 @@ def torch_checks(artifact: Artifact, tokenizer: Tokenizer, dev: list[str]) -> li
 
 def long_inputs(sentences: list[str], tokenizer: Tokenizer, max_len: int, count: int = 16) -> list[str]:
     """Texts made of consecutive sentences until each is longer than max_len tokens untruncated."""
+    untruncated = Tokenizer.from_str(tokenizer.to_str())
+    untruncated.no_truncation()
     texts, current = [], []
     for sentence in sentences:
         current.append(sentence)
-        if len(tokenizer.encode(" ".join(current), add_special_tokens=False).ids) > max_len + 32:
+        if len(untruncated.encode(" ".join(current), add_special_tokens=False).ids) > max_len + 32:
             texts.append(" ".join(current))
             current = []
             if len(texts) == count:
