@@ -208,3 +208,27 @@ def test_the_attention_limit_counts_the_answer_after_reduction():
     assert run_engine(attend("the man is playing", reduce_heads="mean"), max_attention_values=72).attention
     with pytest.raises(PayloadTooLarge, match="12 values"):
         run_engine(attend("the man is playing", rows=(0,), layers=(0,)), max_attention_values=11)
+
+
+def test_requests_with_different_options_share_one_attention_graph_run_and_each_gets_its_own():
+    backend = FakeBackend(delay_s=0.05)
+    selections = [
+        AttentionSelection(),
+        AttentionSelection(reduce_heads="mean"),
+        AttentionSelection(rollout=True, rows=(0,)),
+        AttentionSelection(layers=(1,), heads=(0,), rows=(2, 1)),
+    ]
+
+    async def main():
+        engine = Engine(load_settings({"max_wait_ms": "50", "batch_wait": "always"}, {}), lambda: backend)
+        await engine.start()
+        try:
+            return await asyncio.gather(
+                *(engine.embed(EmbedRequest(inputs=("the man is playing",), attention=s)) for s in selections)
+            )
+        finally:
+            await engine.stop(1.0)
+
+    results = asyncio.run(main())
+    assert [path for path, _ in backend.calls] == ["attention"]  # one run for the four requests
+    assert [r.attention[0].shape for r in results] == [(2, 2, 6, 6), (2, 1, 6, 6), (1, 1, 1, 6), (1, 1, 2, 6)]
