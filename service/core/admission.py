@@ -91,7 +91,7 @@ class Admission:
             outside = [row for row in plan.rows if row >= n]
             if outside:
                 raise InvalidRequest(
-                    f"attention row {outside[0]} is outside inputs[{i}], which is {n} tokens long "
+                    f"attention row {outside[0]} is outside input {i} (0-based), which is {n} tokens long "
                     f"(special tokens included): choose rows 0..{n - 1}"
                 )
 

@@ -196,7 +196,7 @@ def test_a_rollout_cls_row_of_a_250_token_text_is_under_a_fiftieth_of_all_heads(
 @pytest.mark.parametrize(
     ("attention", "message"),
     [
-        ({"rows": [40]}, "attention row 40 is outside inputs[0], which is 13 tokens long"),
+        ({"rows": [40]}, "attention row 40 is outside input 0 (0-based), which is 13 tokens long"),
         ({"rows": []}, "the attention row selection is empty"),
         ({"layers": []}, "the attention layer selection is empty"),
         ({"heads": []}, "the attention head selection is empty"),
@@ -221,7 +221,7 @@ def stub(server) -> Iterator[encoder_pb2_grpc.EncoderStub]:
 @pytest.mark.parametrize(
     ("attention", "message"),
     [
-        (pb.AttentionSelection(rows=[40]), "attention row 40 is outside inputs[0], which is 13 tokens long"),
+        (pb.AttentionSelection(rows=[40]), "attention row 40 is outside input 0 (0-based), which is 13 tokens long"),
         (pb.AttentionSelection(reduce_heads=7), "is not a known HeadReduction value"),
         (pb.AttentionSelection(rows=[-2]), "not a token position"),
         (pb.AttentionSelection(layers=[6]), "layer 6 does not exist"),
@@ -245,7 +245,7 @@ def test_unset_lists_on_grpc_mean_all_as_omitting_them_does_on_rest(stub, server
 @pytest.mark.parametrize(
     ("parameters", "message"),
     [
-        ({"attention_rows": "40"}, "attention row 40 is outside inputs[0], which is 13 tokens long"),
+        ({"attention_rows": "40"}, "attention row 40 is outside input 0 (0-based), which is 13 tokens long"),
         ({"attention_rows": ""}, "the attention row selection is empty"),
         ({"attention_layers": ""}, "the attention layer selection is empty"),
         ({"attention_reduce_heads": "median"}, "'none', 'mean' or 'max'"),

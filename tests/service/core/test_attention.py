@@ -185,7 +185,7 @@ def test_the_engine_answers_a_rollout_row_and_says_how_it_was_computed():
 @pytest.mark.parametrize(
     ("selection", "message"),
     [
-        (dict(rows=(5,)), r"attention row 5 is outside inputs\[1\], which is 4 tokens long .*rows 0\.\.3"),
+        (dict(rows=(5,)), r"attention row 5 is outside input 1 \(0-based\), which is 4 tokens long .*rows 0\.\.3"),
         (dict(rows=()), r"the attention row selection is empty"),
         (dict(rows=(-1,)), r"attention row -1 is not a token position"),
         (dict(rows=(0, 0)), r"lists a row twice"),
