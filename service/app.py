@@ -13,22 +13,31 @@ import functools
 import gc
 import logging
 import signal
+from pathlib import Path
 
+from artifact.manifest import Artifact, ArtifactError
 from service.backends.base import Backend
 from service.backends.faults import FaultInjectingBackend
 from service.backends.onnx import OnnxBackend
 from service.config import Settings
 from service.core.engine import Engine
+from service.core.models import Models
 from service.grpc.server import create_server
 from service.http.app import create_app
 from service.http.protocol import HttpServer, http_config
+from service.metrics import Metrics
 
 log = logging.getLogger("mhaserve")
 
 
-def load_backend(settings: Settings) -> Backend:
+def model_name(model_dir: Path) -> str:
+    """The name a model is served under, from its manifest (checksums are verified as it loads)."""
+    return Artifact.load(model_dir, verify=False).manifest.name
+
+
+def load_backend(model_dir: Path, settings: Settings) -> Backend:
     """onnxruntime on the artifact; with --fault-inject-text, wrapped to fail matching batches."""
-    backend: Backend = OnnxBackend.load(settings.model_dir, settings)
+    backend: Backend = OnnxBackend.load(model_dir, settings)
     if settings.fault_inject_text:
         backend = FaultInjectingBackend(backend, settings.fault_inject_text)
     return backend
@@ -38,17 +47,17 @@ GRPC_STOP_GRACE_S = 1.0
 QUIET_S = 0.25  # no request for this long: the clients have gone elsewhere
 
 
-async def until_traffic_stops(engine: Engine, until: float) -> None:
+async def until_traffic_stops(metrics: Metrics, until: float) -> None:
     """While draining, keep refusing (503 / UNAVAILABLE) until no request has come for QUIET_S,
     or until `until`. A gRPC server that stops while calls still arrive cancels, not refuses,
     those it has received but not yet handed to the application (grpc-python's aio server)."""
     loop = asyncio.get_running_loop()
-    seen = engine.metrics.answered
+    seen = metrics.answered
     while loop.time() + QUIET_S < until:
         await asyncio.sleep(QUIET_S)
-        if engine.metrics.answered == seen:
+        if metrics.answered == seen:
             return
-        seen = engine.metrics.answered
+        seen = metrics.answered
 
 
 async def serve(settings: Settings) -> None:
@@ -57,8 +66,16 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    engine = Engine(settings, functools.partial(load_backend, settings))
-    app = create_app(settings, engine)
+    metrics = Metrics()
+    engines = [
+        Engine(settings, functools.partial(load_backend, d, settings), metrics, name=model_name(d))
+        for d in settings.model_dir
+    ]
+    try:
+        models = Models(settings, engines, metrics)
+    except ValueError as exc:
+        raise ArtifactError(f"--model-dir: {exc}") from None
+    app = create_app(settings, models)
     http = HttpServer(http_config(app, settings))
     http_task = asyncio.create_task(http.serve(), name="http")
     while not http.started:
@@ -66,7 +83,7 @@ async def serve(settings: Settings) -> None:
             await http_task
             raise OSError(f"the REST server could not start on {settings.host}:{settings.http_port}")
         await asyncio.sleep(0.01)
-    grpc_server = await create_server(settings, engine, app.state.keys)
+    grpc_server = await create_server(settings, models, app.state.keys)
     scheme = "https" if settings.tls_cert is not None else "http"
     log.info(
         "listening: REST %s://%s:%d  gRPC %s:%d", scheme, settings.host, http.port, settings.host, grpc_server.port
@@ -75,7 +92,7 @@ async def serve(settings: Settings) -> None:
         mtls = ", client certificates required on gRPC" if settings.tls_client_ca is not None else ""
         log.info("TLS on for REST and gRPC%s", mtls)
 
-    loading = asyncio.create_task(engine.start(), name="model-load")
+    loading = asyncio.create_task(models.start(), name="model-load")
     await asyncio.wait([loading, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     if loading.done():
         try:
@@ -91,7 +108,8 @@ async def serve(settings: Settings) -> None:
         gc.collect()
         gc.freeze()
         grpc_server.set_serving()
-        log.info("ready: %s", engine.info)
+        for info in models.model_infos():
+            log.info("ready: %s", info)
         await stop.wait()
     else:
         loading.cancel()
@@ -99,8 +117,8 @@ async def serve(settings: Settings) -> None:
     log.info("shutting down: draining in-flight requests (grace %.0f s)", settings.shutdown_grace_s)
     stop_by = loop.time() + settings.shutdown_grace_s
     grpc_server.set_not_serving()
-    await engine.stop(settings.shutdown_grace_s)
-    await until_traffic_stops(engine, stop_by - GRPC_STOP_GRACE_S)
+    await models.stop(settings.shutdown_grace_s)
+    await until_traffic_stops(metrics, stop_by - GRPC_STOP_GRACE_S)
     http.should_exit = True
     await http_task
     # in-flight RPCs already finished in engine.stop; a short grace lets their answers flush

@@ -99,6 +99,7 @@ class RestClient(ClosingClient):
         self,
         inputs: str | Sequence[str],
         *,
+        model: str | None = None,
         pooling: str | None = None,
         normalize: bool = True,
         truncate: bool = True,
@@ -107,6 +108,7 @@ class RestClient(ClosingClient):
         attention: AttentionSelection | None = None,
         timeout_s: float | None = None,
     ) -> Embeddings:
+        """model: a served model's name (see models()); None: the server's first."""
         body: dict[str, Any] = {
             "inputs": as_inputs(inputs),
             "normalize": normalize,
@@ -115,6 +117,8 @@ class RestClient(ClosingClient):
             "return_token_embeddings": return_token_embeddings,
             "encoding": "base64",  # exact float32, and a third of the JSON's size
         }
+        if model is not None:
+            body["model"] = model
         if pooling is not None:
             body["pooling"] = pooling
         if attention is not None:
@@ -148,8 +152,13 @@ class RestClient(ClosingClient):
             usage_tokens=answer["usage"]["tokens"],
         )
 
-    def tokenize(self, inputs: str | Sequence[str], *, truncate: bool = True) -> list[list[Token]]:
-        answer = self._post("/v1/tokenize", {"inputs": as_inputs(inputs), "truncate": truncate})
+    def tokenize(
+        self, inputs: str | Sequence[str], *, model: str | None = None, truncate: bool = True
+    ) -> list[list[Token]]:
+        body: dict[str, Any] = {"inputs": as_inputs(inputs), "truncate": truncate}
+        if model is not None:
+            body["model"] = model
+        answer = self._post("/v1/tokenize", body)
         return [tokens_from_json(row) for row in answer["tokens"]]
 
     def models(self) -> list[ModelInfo]:
@@ -239,6 +248,7 @@ def embed_message(
     inputs: str | Sequence[str],
     *,
     request_id: str = "",
+    model: str | None = None,
     pooling: str | None = None,
     normalize: bool = True,
     truncate: bool = True,
@@ -251,6 +261,7 @@ def embed_message(
         raise errors.InvalidRequest(f"pooling {pooling!r} is not supported: use 'mean', 'cls' or None")
     message = pb.EmbedRequest(
         id=request_id,
+        model=model or "",
         inputs=as_inputs(inputs),
         pooling=POOLING[pooling],
         normalize=normalize,
@@ -299,7 +310,7 @@ class GrpcClient(ClosingClient):
         self.channel.close()
 
     def embed(self, inputs: str | Sequence[str], *, timeout_s: float | None = None, **options: Any) -> Embeddings:
-        """options: pooling, normalize, truncate, return_tokens, return_token_embeddings, attention."""
+        """options: model, pooling, normalize, truncate, return_tokens, return_token_embeddings, attention."""
         message = embed_message(inputs, **options)
         return embeddings_from(self._call(self.stub.Embed, message, timeout_s))
 
@@ -322,12 +333,15 @@ class GrpcClient(ClosingClient):
         except grpc.RpcError as error:
             raise error_from(error) from None
 
-    def tokenize(self, inputs: str | Sequence[str], *, truncate: bool = True) -> list[list[Token]]:
-        response = self._call(self.stub.Tokenize, pb.TokenizeRequest(inputs=as_inputs(inputs), truncate=truncate))
+    def tokenize(
+        self, inputs: str | Sequence[str], *, model: str | None = None, truncate: bool = True
+    ) -> list[list[Token]]:
+        message = pb.TokenizeRequest(inputs=as_inputs(inputs), model=model or "", truncate=truncate)
+        response = self._call(self.stub.Tokenize, message)
         return [tokens_from_proto(row) for row in response.tokens]
 
-    def model_info(self) -> ModelInfo:
-        info = self._call(self.stub.GetModelInfo, pb.GetModelInfoRequest())
+    def model_info(self, model: str | None = None) -> ModelInfo:
+        info = self._call(self.stub.GetModelInfo, pb.GetModelInfoRequest(model=model or ""))
         return ModelInfo(**{f.name: getattr(info, f.name) for f in dataclasses.fields(ModelInfo)})
 
     def serving(self, service: str = "") -> bool:

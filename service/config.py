@@ -36,7 +36,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="forbid", validate_default=False)
 
     # where and what
-    model_dir: Path = setting(Path(DEFAULT_MODEL_DIR), "exported model directory (manifest.json, graphs, tokenizer)")
+    model_dir: Annotated[tuple[Path, ...], NoDecode] = setting(
+        (Path(DEFAULT_MODEL_DIR),),
+        "exported model directory (manifest.json, graphs, tokenizer); repeat the flag (or list them, "
+        "comma-separated) to serve several models, each under its manifest's name; the first is the default",
+    )
     host: str = setting("0.0.0.0", "address both servers bind")
     http_port: int = setting(8000, "REST port (FastAPI; also KServe v2 REST, /metrics, /ui)")
     grpc_port: int = setting(50051, "gRPC port (mhaserve.v1.Encoder, KServe v2, health, reflection)")
@@ -128,10 +132,15 @@ class Settings(BaseSettings):
         "text fails in the runtime (service.backends.faults)",
     )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "model_dir", mode="before")
     @classmethod
-    def split_keys(cls, value: Any) -> Any:
-        return tuple(part.strip() for part in value.split(",") if part.strip()) if isinstance(value, str) else value
+    def split_lists(cls, value: Any) -> Any:
+        """A repeated flag gives a list, a variable a comma-separated string: each may list several."""
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            return tuple(part.strip() for item in value for part in str(item).split(",") if part.strip())
+        return value
 
     @field_validator("api_key_file", "tls_cert", "tls_key", "tls_client_ca", mode="before")
     @classmethod
@@ -162,7 +171,11 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if is_secret(info) and value:
                 value = f"<{len(value)} redacted>"
-            shown[name] = str(value) if isinstance(value, Path) else value
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = [str(v) if isinstance(v, Path) else v for v in value]
+            shown[name] = value
         return shown
 
 
@@ -208,15 +221,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per field, taking its text as given; load_settings parses it with the field's type."""
     for name, info in Settings.model_fields.items():
         default = info.default
+        if isinstance(default, tuple):
+            default = ",".join(map(str, default))
         shown = "<empty>" if default in ((), None, "") else default
         choices = choices_of(info)
-        metavar = "|".join(choices) if choices else type_name(info)
+        listed = typing.get_origin(info.annotation) is tuple
         parser.add_argument(
             flag_name(name),
             dest=name,
-            metavar=metavar,
+            metavar="|".join(choices) if choices else type_name(info),
             help=f"{info.description} [env {env_name(name)}; default {shown}]",
             default=None,
+            action="append" if listed else "store",  # a list may be given flag by flag
         )
 
 
@@ -228,7 +244,9 @@ def type_name(info: FieldInfo) -> str:
     return getattr(kinds[0], "__name__", "VALUE").upper()
 
 
-def load_settings(cli: Mapping[str, str | None] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    cli: Mapping[str, str | list[str] | None] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
     """Flags (as the strings argparse gave) over MHASERVE_* variables over defaults."""
     environ = os.environ if environ is None else environ
     known = {env_name(name) for name in Settings.model_fields}

@@ -30,6 +30,8 @@ class AttentionSelection:
 @dataclass(frozen=True, kw_only=True)
 class EmbedRequest:
     inputs: tuple[str, ...]
+    model: str | None = None  # None: the first model the server was started with
+    dimensions: int | None = None  # keep the first n (a Matryoshka truncation the model declares)
     pooling: str | None = None  # None: the model's default (manifest)
     normalize: bool = True
     truncate: bool = True
@@ -77,6 +79,7 @@ class EmbedResult:
 @dataclass(frozen=True, kw_only=True)
 class TokenizeRequest:
     inputs: tuple[str, ...]
+    model: str | None = None
     truncate: bool = True
 
 

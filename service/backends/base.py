@@ -30,6 +30,11 @@ class ModelSpec:
     pooling: str  # the default: one of artifact.pooling.POOLING_MODES
     normalize: bool  # the default
     dense: tuple[Dense, ...] = ()  # applied after pooling, before normalising (sentence-transformers' Dense)
+    matryoshka_dims: tuple[int, ...] = ()  # truncations the model was trained for (OpenAI's `dimensions`)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.dense[-1].out_features if self.dense else self.d_model
 
 
 @dataclass(frozen=True, kw_only=True)

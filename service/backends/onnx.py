@@ -263,6 +263,7 @@ class OnnxBackend:
             pooling=m.pooling,
             normalize=m.normalize,
             dense=artifact.dense_layers(),
+            matryoshka_dims=m.matryoshka_dims,
         )
         tokenizer = Tokenizer.from_file(str(artifact.tokenizer_path))
         tokenizer.enable_truncation(max_length=m.max_len)

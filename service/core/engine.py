@@ -16,15 +16,17 @@ from collections.abc import Callable
 import numpy as np
 from tokenizers import Encoding
 
+from artifact.manifest import ArtifactError
+from artifact.pooling import l2_normalize
 from service.backends.base import Backend
 from service.config import Settings
-from service.core.admission import Admission
+from service.core.admission import MIN_REQUEST_TOKENS, Admission
 from service.core.attention import AttentionPlan
 from service.core.batcher import Batcher, BatchStats, Job, Sequence, lower_thread_priority
 from service.core.health import Health, Status
 from service.core.postprocess import SequenceOptions, SequenceResult, batch_inputs, split_batch
 from service.core.tokenization import TokenizerWorker, to_tokens
-from service.errors import DeadlineExceeded, InvalidRequest, MhaserveError, NotReady
+from service.errors import DeadlineExceeded, InvalidRequest, MhaserveError, NotReady, Overloaded
 from service.metrics import Metrics
 from service.types import EmbedRequest, EmbedResult, ModelInfo, Timings, TokenizeRequest, TokenizeResult
 
@@ -47,10 +49,23 @@ def attention_fields(plan: AttentionPlan | None) -> dict:
     )
 
 
+def truncate(embeddings: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
+    """The first `dimensions` of each vector (a Matryoshka truncation), renormalised if asked."""
+    if dimensions is None or dimensions == embeddings.shape[1]:
+        return embeddings
+    kept = np.ascontiguousarray(embeddings[:, :dimensions])
+    return l2_normalize(kept) if normalize else kept
+
+
 class Engine:
-    def __init__(self, settings: Settings, load_backend: Callable[[], Backend], metrics: Metrics | None = None):
+    def __init__(
+        self, settings: Settings, load_backend: Callable[[], Backend], metrics: Metrics | None = None, name: str = ""
+    ):
+        """name: the model's, as its manifest says, known before it loads (the fake backend's: "fake")."""
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.name = name or "fake"
+        self.m = self.metrics.for_model(self.name)
         self.health = Health(self._probe, settings.recovery_probe_s)
         self._load_backend = load_backend
         self.backend: Backend | None = None
@@ -81,6 +96,8 @@ class Engine:
         """Load the backend (verifying its artifact), warm up; only then is the engine ready."""
         loop = asyncio.get_running_loop()
         backend = self.backend = await loop.run_in_executor(None, self._load_backend)
+        if backend.spec.name != self.name:
+            raise ArtifactError(f"the model loaded as {backend.spec.name!r}, not {self.name!r} as its manifest said")
         warm_s = await loop.run_in_executor(None, backend.warm_up)
         log.info("warm-up took %.2f s", warm_s)
         spec, placement = backend.spec, backend.placement
@@ -98,7 +115,7 @@ class Engine:
             graph=placement.graph,
         )
         self.metrics.model_info.labels(spec.name, spec.version, placement.provider, placement.precision).set(1)
-        self.admission = Admission(self.settings, spec, self._queued_tokens, self.metrics.inflight.set)
+        self.admission = Admission(self.settings, spec, self._queued_tokens, self.m.inflight.set)
         self._tokenizer = TokenizerWorker(backend.tokenizer)
         s = self.settings
 
@@ -165,6 +182,7 @@ class Engine:
 
     async def embed(self, request: EmbedRequest, is_disconnected: Callable[[], bool] | None = None) -> EmbedResult:
         admission = self._admit()
+        self._check_dimensions(request.dimensions)
         pooling = admission.check_pooling(request.pooling)
         admission.check_inputs(request.inputs)
         plan = admission.resolve_attention(request.attention)
@@ -191,10 +209,10 @@ class Engine:
             admission.check_room(sum(lengths))
             self._batchers[ATTENTION if request.attention is not None else FAST].submit(sequences)
             results: list[SequenceResult] = await self._wait(job, deadline)
-            self.metrics.tokens.inc(sum(lengths))
+            self.m.tokens.inc(sum(lengths))
             return EmbedResult(
                 model=self.info.name if self.info else "",
-                embeddings=np.stack([r.embedding for r in results]),
+                embeddings=truncate(np.stack([r.embedding for r in results]), request.dimensions, request.normalize),
                 tokens=[to_tokens(e) for e in encodings] if request.return_tokens else None,
                 token_embeddings=[r.token_embeddings for r in results] if request.return_token_embeddings else None,
                 attention=[r.attention for r in results] if request.attention is not None else None,
@@ -214,7 +232,42 @@ class Engine:
             encodings = await self._encode(request.inputs, request.truncate)
             return TokenizeResult(model=self.model_info().name, tokens=[to_tokens(e) for e in encodings])
 
+    # what the transports' edges ask before parsing a request -----------------------------
+
+    def clearly_full(self, at_least: int | None = None) -> bool:
+        """No room in the queue for a request of at least this many tokens (None: the smallest)."""
+        if self.admission is None:  # still loading: the full path answers 503
+            return False
+        return self.admission.clearly_full(at_least or MIN_REQUEST_TOKENS)
+
+    def half_full(self) -> bool:
+        return self.admission is not None and 2 * self._queued_tokens() > self.admission.room()
+
+    def estimate_tokens(self, texts: list[str]) -> int:
+        assert self.admission is not None
+        return self.admission.estimate_tokens(tuple(texts))
+
+    def at_capacity(self) -> Overloaded:
+        assert self.admission is not None
+        return self.admission.at_capacity(self._queued_tokens())
+
     # helpers ---------------------------------------------------------------------------
+
+    def _check_dimensions(self, dimensions: int | None) -> None:
+        assert self.backend is not None
+        spec = self.backend.spec
+        if dimensions is None or dimensions == spec.embedding_dim:
+            return
+        if not spec.matryoshka_dims:
+            raise InvalidRequest(
+                f"dimensions={dimensions} is not supported: {spec.name} gives {spec.embedding_dim} dimensions and "
+                "declares no Matryoshka truncations; omit the field"
+            )
+        if dimensions not in spec.matryoshka_dims:
+            raise InvalidRequest(
+                f"dimensions={dimensions} is not one of {spec.name}'s Matryoshka dimensions "
+                f"{list(spec.matryoshka_dims)} (or its full {spec.embedding_dim})"
+            )
 
     def _admit(self) -> Admission:
         self.health.admit()
@@ -261,8 +314,8 @@ class Engine:
             return
         if path == FAST and self.admission is not None:
             self.admission.record_batch(stats.real_tokens, time.monotonic())
-        m = self.metrics
-        m.inference_duration.labels(path).observe(stats.inference_s)
+        m = self.m
+        m.inference_duration[path].observe(stats.inference_s)
         m.batch_size.observe(stats.size)
         m.batch_tokens.observe(stats.padded_tokens)
         m.padding_ratio.observe(1.0 - stats.real_tokens / stats.padded_tokens)
@@ -271,7 +324,7 @@ class Engine:
 
     def _observe_drop(self, error: MhaserveError) -> None:
         reason = "deadline" if isinstance(error, DeadlineExceeded) else "cancelled"
-        self.metrics.dropped.labels(reason).inc()
+        self.m.dropped[reason].inc()
 
     def _observe_depth(self) -> None:
-        self.metrics.queue_depth.set(self._queued_tokens())
+        self.m.queue_depth.set(self._queued_tokens())

@@ -19,7 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from service.auth import ApiKeys
-from service.core.engine import Engine
+from service.core.models import Models
 from service.errors import ERROR_TYPE_METADATA, InvalidRequest, MhaserveError
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,8 @@ def time_remaining(context: Context) -> float | None:
 
 
 class Edge:
-    def __init__(self, keys: ApiKeys, engine: Engine):
-        self.keys, self.engine, self.metrics = keys, engine, engine.metrics
+    def __init__(self, keys: ApiKeys, models: Models):
+        self.keys, self.models, self.metrics = keys, models, models.metrics
 
     def service_handler(self, service: str, servicer: Servicer) -> grpc.GenericRpcHandler:
         handlers = {}
@@ -81,12 +81,11 @@ class Edge:
         return grpc.method_handlers_generic_handler(service, handlers)
 
     def refuse_when_full(self) -> None:
-        """Before the message is parsed: a queue with no room for the smallest request refuses
-        every request, so a flood of refusals costs no parsing and no engine call. The engine
-        checks each request that gets past this against its own size."""
-        admission = self.engine.admission
-        if admission is not None and admission.clearly_full():
-            raise admission.at_capacity(admission.queued_tokens())
+        """Before the message is parsed: when no model's queue has room for the smallest request,
+        every request is refused, so a flood of refusals costs no parsing and no engine call.
+        Each request that gets past this is checked by its model's engine against its own size."""
+        if self.models.clearly_full():
+            raise self.models.default.at_capacity()
 
     async def abort(self, context: Context, error: MhaserveError) -> None:
         self.metrics.observe_error(error)

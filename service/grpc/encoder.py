@@ -1,4 +1,4 @@
-"""mhaserve.v1.Encoder: bytes -> proto -> EmbedRequest -> `await engine.embed` -> proto.
+"""mhaserve.v1.Encoder: bytes -> proto -> EmbedRequest -> `await models.embed` -> proto.
 
 The gRPC edge (service.grpc.edge) parses each request and checks its key first; this
 module only translates.
@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 
 from protos.mhaserve.v1 import encoder_pb2 as pb
-from service.core.engine import Engine
+from service.core.models import Models
 from service.errors import InvalidRequest, MhaserveError
 from service.grpc.edge import Context, Rpc, parse, time_remaining
 from service.types import AttentionSelection, EmbedRequest, EmbedResult, Token, TokenizeRequest
@@ -36,6 +36,7 @@ def embed_request(message: pb.EmbedRequest, timeout_s: float | None) -> EmbedReq
     attention = attention_selection(message.attention) if message.HasField("attention") else None
     return EmbedRequest(
         inputs=tuple(message.inputs),
+        model=message.model or None,
         pooling=POOLING[message.pooling],
         normalize=message.normalize if message.HasField("normalize") else True,
         truncate=message.truncate if message.HasField("truncate") else True,
@@ -112,12 +113,12 @@ class EncoderServicer:
         Rpc("GetModelInfo", pb.GetModelInfoRequest),
     )
 
-    def __init__(self, engine: Engine):
-        self.engine = engine
+    def __init__(self, models: Models):
+        self.models = models
 
     async def Embed(self, message: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
         request = embed_request(message, time_remaining(context))
-        result = await self.engine.embed(request, is_disconnected=context.cancelled)
+        result = await self.models.embed(request, is_disconnected=context.cancelled)
         return embed_response(message.id, result)
 
     async def EmbedStream(self, raws: AsyncIterator[bytes], context: Context) -> AsyncIterator[pb.EmbedResponse]:
@@ -134,12 +135,12 @@ class EncoderServicer:
                 message = parse(pb.EmbedRequest, raw)
                 request_id = message.id
                 request = embed_request(message, time_remaining(context))
-                result = await self.engine.embed(request, is_disconnected=context.cancelled)
+                result = await self.models.embed(request, is_disconnected=context.cancelled)
                 response, code = embed_response(request_id, result), "OK"
             except MhaserveError as error:
-                self.engine.metrics.observe_error(error)
+                self.models.metrics.observe_error(error)
                 response, code = stream_error(request_id, error), error.grpc_code.name
-            self.engine.metrics.observe_request("grpc", "EmbedStream", code, time.perf_counter() - started)
+            self.models.metrics.observe_request("grpc", "EmbedStream", code, time.perf_counter() - started)
             await answers.put(response)
 
         async def read_all() -> None:
@@ -165,8 +166,9 @@ class EncoderServicer:
 
     async def Tokenize(self, message: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
         truncate = message.truncate if message.HasField("truncate") else True
-        result = await self.engine.tokenize(TokenizeRequest(inputs=tuple(message.inputs), truncate=truncate))
+        request = TokenizeRequest(inputs=tuple(message.inputs), model=message.model or None, truncate=truncate)
+        result = await self.models.tokenize(request)
         return pb.TokenizeResponse(model=result.model, tokens=token_lists(result.tokens))
 
     async def GetModelInfo(self, message: pb.GetModelInfoRequest, context: Context) -> pb.ModelInfo:
-        return pb.ModelInfo(**dataclasses.asdict(self.engine.model_info()))
+        return pb.ModelInfo(**dataclasses.asdict(self.models.model_info(message.model or None)))

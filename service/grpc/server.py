@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from service.auth import ApiKeys
 from service.config import Settings
-from service.core.engine import Engine
+from service.core.models import Models
 from service.grpc import encoder
 from service.grpc.edge import Edge
 from service.kserve import grpc as kserve
@@ -27,22 +27,22 @@ SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.Health
 
 
 class GrpcServer:
-    """The running server; health follows the engine's readiness until told otherwise."""
+    """The running server; health follows every model's readiness until told otherwise."""
 
-    def __init__(self, server: grpc.aio.Server, port: int, engine: Engine, health_servicer: health.aio.HealthServicer):
-        self.server, self.port, self.engine = server, port, engine
+    def __init__(self, server: grpc.aio.Server, port: int, models: Models, health_servicer: health.aio.HealthServicer):
+        self.server, self.port, self.models = server, port, models
         self._health = health_servicer
         self._held_not_serving = False
         self._changed = asyncio.Event()
         self._follower = asyncio.create_task(self._follow_readiness(), name="grpc-health")
 
     def set_not_serving(self) -> None:
-        """Health turns NOT_SERVING now and stays so (shutting down), whatever the engine says."""
+        """Health turns NOT_SERVING now and stays so (shutting down), whatever the models say."""
         self._held_not_serving = True
         self._changed.set()
 
     def set_serving(self) -> None:
-        """Health is SERVING again whenever the engine is ready."""
+        """Health is SERVING again whenever every model is ready."""
         self._held_not_serving = False
         self._changed.set()
 
@@ -57,7 +57,7 @@ class GrpcServer:
         # short poll keeps health.v1 in step without the engine knowing about gRPC
         shown = None
         while True:
-            serving = self.engine.ready and not self._held_not_serving
+            serving = self.models.ready and not self._held_not_serving
             if serving != shown:
                 for service in HEALTH_NAMES:
                     await self._health.set(service, SERVING if serving else NOT_SERVING)
@@ -81,7 +81,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-async def create_server(settings: Settings, engine: Engine, keys: ApiKeys) -> GrpcServer:
+async def create_server(settings: Settings, models: Models, keys: ApiKeys) -> GrpcServer:
     """Binds settings.host:settings.grpc_port (0 picks a free port) and starts serving."""
     server = grpc.aio.server(
         options=[
@@ -93,11 +93,11 @@ async def create_server(settings: Settings, engine: Engine, keys: ApiKeys) -> Gr
             ("grpc.max_connection_age_grace_ms", int(settings.grpc_max_connection_age_grace_s * 1000)),
         ]
     )
-    edge = Edge(keys, engine)
+    edge = Edge(keys, models)
     server.add_generic_rpc_handlers(
         (
-            edge.service_handler(encoder.SERVICE, encoder.EncoderServicer(engine)),
-            edge.service_handler(kserve.SERVICE, kserve.KServeServicer(engine)),
+            edge.service_handler(encoder.SERVICE, encoder.EncoderServicer(models)),
+            edge.service_handler(kserve.SERVICE, kserve.KServeServicer(models)),
         )
     )
     health_servicer = health.aio.HealthServicer()
@@ -119,4 +119,4 @@ async def create_server(settings: Settings, engine: Engine, keys: ApiKeys) -> Gr
     if port == 0:
         raise OSError(f"the gRPC server could not bind {address}")
     await server.start()
-    return GrpcServer(server, port, engine, health_servicer)
+    return GrpcServer(server, port, models, health_servicer)

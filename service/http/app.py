@@ -1,4 +1,4 @@
-"""create_app(settings, engine): the REST app — routers, the edge's handlers and middleware."""
+"""create_app(settings, models): the REST app — routers, the edge's handlers and middleware."""
 
 from __future__ import annotations
 
@@ -6,15 +6,16 @@ from fastapi import FastAPI
 
 from service.auth import ApiKeys
 from service.config import Settings
-from service.core.engine import Engine
+from service.core.models import Models
 from service.http.edge import Intake, RequestMetrics, install_error_handlers
-from service.http.routes import embed, health, models, openai, ui
+from service.http.routes import embed, health, openai, ui
+from service.http.routes import models as model_list
 from service.kserve import rest as kserve_rest
 
 DATA_ROUTES = ["/v1/embed", "/v1/embeddings", "/v1/tokenize", "/v1/models"]
 
 
-def create_app(settings: Settings, engine: Engine) -> FastAPI:
+def create_app(settings: Settings, models: Models) -> FastAPI:
     app = FastAPI(
         title="mhaserve",
         summary="Embeddings and attention weights from a multi-head-attention encoder",
@@ -22,12 +23,12 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
     )
-    app.state.engine = engine
+    app.state.models = models
     app.state.keys = ApiKeys(settings)
-    install_error_handlers(app, engine.metrics)
-    for module in (embed, openai, models, health, ui, kserve_rest):
+    install_error_handlers(app, models.metrics)
+    for module in (embed, openai, model_list, health, ui, kserve_rest):
         app.include_router(module.router)
-    engine.metrics.declare_routes("http", DATA_ROUTES)
-    app.add_middleware(Intake, limit=settings.max_request_bytes, engine=engine)
-    app.add_middleware(RequestMetrics, metrics=engine.metrics)
+    models.metrics.declare_routes("http", DATA_ROUTES)
+    app.add_middleware(Intake, limit=settings.max_request_bytes, models=models)
+    app.add_middleware(RequestMetrics, metrics=models.metrics)
     return app

@@ -1,4 +1,4 @@
-"""Dependencies the routes declare: the engine, and the API-key check."""
+"""Dependencies the routes declare: the served models, and the API-key check."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.auth import ApiKeys
-from service.core.engine import Engine
+from service.core.models import Models
 
 
-def get_engine(request: Request) -> Engine:
-    return request.app.state.engine
+def get_models(request: Request) -> Models:
+    return request.app.state.models
 
 
 def authorized(request: Request) -> None:
@@ -20,5 +20,5 @@ def authorized(request: Request) -> None:
     keys.check(request.headers.get("authorization"))
 
 
-EngineDep = Annotated[Engine, Depends(get_engine)]
+ModelsDep = Annotated[Models, Depends(get_models)]
 Authorized = Annotated[None, Depends(authorized)]

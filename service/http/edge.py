@@ -22,8 +22,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.core.admission import estimate_tokens
-from service.core.engine import Engine
+from service.core.models import Models
 from service.errors import InvalidRequest, MhaserveError, NotFound, Overloaded, PayloadTooLarge, Unauthenticated
 from service.http.schemas import ErrorResponse, KServeErrorResponse
 from service.metrics import Metrics
@@ -95,8 +94,8 @@ def describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-async def embed_until_disconnected(engine: Engine, request: Request, embed_request: EmbedRequest) -> EmbedResult:
-    """engine.embed, told when the client goes away so its queued work is dropped unrun.
+async def embed_until_disconnected(models: Models, request: Request, embed_request: EmbedRequest) -> EmbedResult:
+    """models.embed, told when the client goes away so its queued work is dropped unrun.
 
     After the body is read, the next ASGI message is the client's disconnect, if any."""
     gone = asyncio.Event()
@@ -110,7 +109,7 @@ async def embed_until_disconnected(engine: Engine, request: Request, embed_reque
 
     watcher = asyncio.create_task(watch())
     try:
-        return await engine.embed(embed_request, is_disconnected=gone.is_set)
+        return await models.embed(embed_request, is_disconnected=gone.is_set)
     finally:
         watcher.cancel()
 
@@ -136,11 +135,13 @@ def error_responses(*statuses: int, kserve: bool = False) -> dict[int | str, dic
 
 @dataclass(frozen=True)
 class DataRoute:
-    """A POST route that queues work, as the edge sees it before routing: its metrics label
-    and how to find its texts in a JSON body."""
+    """A POST route that queues work, as the edge sees it before routing: its metrics label,
+    the model its path names (KServe), and how to find the texts and model in a JSON body."""
 
     path: str  # the route template, as FastAPI's route would report it
     texts: Callable[[Any], Any]
+    model: str | None = None  # named by the path
+    model_field: str | None = None  # or by this body field
 
 
 def kserve_texts(body: Any) -> Any:
@@ -148,10 +149,10 @@ def kserve_texts(body: Any) -> Any:
 
 
 DATA_POST_ROUTES = {
-    "/v1/embed": DataRoute("/v1/embed", lambda body: body["inputs"]),
-    "/v1/embeddings": DataRoute("/v1/embeddings", lambda body: body["input"]),
+    "/v1/embed": DataRoute("/v1/embed", lambda body: body["inputs"], model_field="model"),
+    "/v1/embeddings": DataRoute("/v1/embeddings", lambda body: body["input"], model_field="model"),
 }
-KSERVE_INFER = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
+KSERVE_INFER = re.compile(r"^/v2/models/([^/]+)(/versions/[^/]+)?/infer$")
 
 
 def data_route(path: str) -> DataRoute | None:
@@ -160,8 +161,8 @@ def data_route(path: str) -> DataRoute | None:
     match = KSERVE_INFER.match(path)
     if match is None:
         return None
-    template = "/v2/models/{name}/versions/{version}/infer" if match.group(1) else "/v2/models/{name}/infer"
-    return DataRoute(template, kserve_texts)
+    template = "/v2/models/{name}/versions/{version}/infer" if match.group(2) else "/v2/models/{name}/infer"
+    return DataRoute(template, kserve_texts, model=match.group(1))
 
 
 class Intake:
@@ -176,8 +177,8 @@ class Intake:
     the engine decides exactly. The app then gets the body replayed.
     """
 
-    def __init__(self, app: ASGIApp, limit: int, engine: Engine):
-        self.app, self.limit, self.engine = app, limit, engine
+    def __init__(self, app: ASGIApp, limit: int, models: Models):
+        self.app, self.limit, self.models = app, limit, models
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -218,26 +219,30 @@ class Intake:
         await self.app(scope, replay, send)
 
     def _no_room_for(self, route: DataRoute, body: bytes) -> Overloaded | None:
-        admission = self.engine.admission
-        if admission is None:  # still loading: the route answers 503
-            return None
-        if admission.clearly_full():
-            return admission.at_capacity(admission.queued_tokens())
-        if 2 * admission.queued_tokens() <= self.engine.settings.max_queue_tokens:
+        models = self.models
+        if models.clearly_full(route.model):
+            return models.engine(route.model).at_capacity()
+        engines = [models.engines[route.model]] if route.model in models.engines else models.engines.values()
+        if not any(engine.half_full() for engine in engines):
             return None
         try:
-            texts = route.texts(orjson.loads(body))
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            parsed = orjson.loads(body)
+            texts = route.texts(parsed)
+            name = route.model or (parsed.get(route.model_field) if route.model_field else None)
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
             return None  # the full path says what is wrong with it
         texts = [texts] if isinstance(texts, str) else texts
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             return None
-        if admission.clearly_full(estimate_tokens(texts, admission.spec.max_len)):
-            return admission.at_capacity(admission.queued_tokens())
+        if name is not None and (not isinstance(name, str) or name not in models.engines):
+            return None  # the full path answers the 404 or 422
+        engine = models.engine(name)
+        if engine.admission is not None and engine.clearly_full(engine.estimate_tokens(texts)):
+            return engine.at_capacity()
         return None
 
     async def _refuse(self, error: MhaserveError, scope: Scope, send: Send, close: bool = False) -> None:
-        self.engine.metrics.observe_error(error)
+        self.models.metrics.observe_error(error)
         response = error_response(error, scope["path"])
         if close:  # the rest of an oversized body is never read
             response.headers["connection"] = "close"

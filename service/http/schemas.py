@@ -78,6 +78,7 @@ class AttentionBody(Strict):
 
 class EmbedBody(Strict):
     inputs: Inputs
+    model: StrictStr | None = Field(None, description="a served model's name (GET /v1/models); default: the first")
     pooling: Literal["mean", "cls"] | None = Field(None, description="default: the model's (mean for MiniLM)")
     normalize: StrictBool = Field(True, description="L2-normalise the pooled embedding")
     truncate: StrictBool = Field(True, description="cut inputs at max_len tokens; false: such inputs are an error")
@@ -102,6 +103,7 @@ class EmbedBody(Strict):
             )
         return EmbedRequest(
             inputs=as_tuple(self.inputs),
+            model=self.model,
             pooling=self.pooling,
             normalize=self.normalize,
             truncate=self.truncate,
@@ -124,6 +126,7 @@ class OpenAIEmbeddingsBody(BaseModel):
 
 class TokenizeBody(Strict):
     inputs: Inputs
+    model: StrictStr | None = Field(None, description="a served model's name; default: the first")
     truncate: StrictBool = True
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from protos.inference import grpc_predict_v2_pb2 as pb
-from service.core.engine import Engine
+from service.core.models import Models
 from service.errors import InvalidRequest
 from service.grpc.edge import Context, Rpc
 from service.kserve.binary import split_bytes_elements
@@ -30,14 +30,14 @@ class KServeServicer:
         Rpc("ModelInfer", pb.ModelInferRequest, queues_work=True),
     )
 
-    def __init__(self, engine: Engine):
-        self.engine, self.model = engine, KServeModel(engine)
+    def __init__(self, models: Models):
+        self.models, self.model = models, KServeModel(models)
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.engine.ready)
+        return pb.ServerReadyResponse(ready=self.models.ready)
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
         version = request.version if request.HasField("version") else None
@@ -64,8 +64,8 @@ class KServeServicer:
         parameters = {key: parameter_value(value) for key, value in request.parameters.items()}
         requested = [output.name for output in request.outputs]
         remaining = context.time_remaining()
-        embed_request, names = self.model.embed_request(texts, parameters, requested, timeout_s=remaining)
-        result = await self.engine.embed(embed_request, is_disconnected=context.cancelled)
+        embed_request, names = self.model.embed_request(info.name, texts, parameters, requested, timeout_s=remaining)
+        result = await self.models.embed(embed_request, is_disconnected=context.cancelled)
         response = pb.ModelInferResponse(model_name=result.model, model_version=info.version, id=request.id)
         for t in self.model.output_tensors(result, names):
             response.outputs.add(name=t.name, datatype=t.datatype, shape=t.array.shape)

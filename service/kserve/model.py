@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from service.core.engine import Engine
+from service.core.models import Models
 from service.errors import InvalidRequest, NotFound, NotReady
 from service.types import AttentionSelection, EmbedRequest, EmbedResult, ModelInfo
 
@@ -54,16 +54,16 @@ class OutputTensor:
 
 
 class KServeModel:
-    """The protocol's view of the engine: metadata, request parsing, output tensors."""
+    """The protocol's view of the served models: metadata, request parsing, output tensors."""
 
-    def __init__(self, engine: Engine):
-        self.engine = engine
+    def __init__(self, models: Models):
+        self.models = models
 
     def check_model(self, name: str, version: str | None) -> ModelInfo:
-        """The model named, or NotFound; NotReady while loading or draining, as for every data call."""
-        info = self.engine.model_info()
-        if name != info.name:
-            raise NotFound(f"model {name!r} is not served here; this server serves {info.name!r}")
+        """The model named (NotFound lists the served ones); NotReady while loading or draining."""
+        if not name:
+            raise NotFound(f"name a model: this server serves {', '.join(map(repr, self.models.names))}")
+        info = self.models.model_info(name)
         if version and version != info.version:
             raise NotFound(f"model {name!r} has no version {version!r}; it has version {info.version!r}")
         return info
@@ -73,7 +73,7 @@ class KServeModel:
             self.check_model(name, version)
         except NotReady:
             return False
-        return self.engine.ready
+        return self.models.engine(name).ready
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": server_version(), "extensions": list(EXTENSIONS)}
@@ -95,7 +95,7 @@ class KServeModel:
         }
 
     def embed_request(
-        self, texts: list[str], parameters: dict[str, Any], requested: list[str], timeout_s: float | None
+        self, model: str, texts: list[str], parameters: dict[str, Any], requested: list[str], timeout_s: float | None
     ) -> tuple[EmbedRequest, tuple[str, ...]]:
         """The engine request for an infer call, and the names of the outputs to send back."""
         for key in parameters:
@@ -139,6 +139,7 @@ class KServeModel:
             raise InvalidRequest(f"parameter 'pooling' must be a string, 'mean' or 'cls'; got {pooling!r}")
         request = EmbedRequest(
             inputs=tuple(texts),
+            model=model,
             pooling=pooling,
             normalize=bool_parameter(parameters, "normalize", default=True),
             truncate=bool_parameter(parameters, "truncate", default=True),

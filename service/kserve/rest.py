@@ -14,7 +14,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from service.errors import InvalidRequest
-from service.http.deps import Authorized, EngineDep
+from service.http.deps import Authorized, ModelsDep
 from service.http.edge import embed_until_disconnected, error_responses, json_response
 from service.kserve.binary import HEADER_LENGTH, split_bytes_elements
 from service.kserve.model import TEXT, KServeModel, only_input, texts_from
@@ -31,40 +31,40 @@ async def server_live() -> Response:
 
 
 @router.get("/v2/health/ready", responses=NOT_READY)
-async def server_ready(engine: EngineDep) -> Response:
-    return json_response({"ready": engine.ready}, 200 if engine.ready else 503)
+async def server_ready(models: ModelsDep) -> Response:
+    return json_response({"ready": models.ready}, 200 if models.ready else 503)
 
 
 @router.get("/v2", responses=ERRORS)
-async def server_metadata(engine: EngineDep, _: Authorized) -> Response:
-    return json_response(KServeModel(engine).server_metadata())
+async def server_metadata(models: ModelsDep, _: Authorized) -> Response:
+    return json_response(KServeModel(models).server_metadata())
 
 
 @router.get("/v2/models/{name}", responses=ERRORS)
 @router.get("/v2/models/{name}/versions/{version}", responses=ERRORS)
-async def model_metadata(engine: EngineDep, _: Authorized, name: str, version: str | None = None) -> Response:
-    return json_response(KServeModel(engine).model_metadata(name, version))
+async def model_metadata(models: ModelsDep, _: Authorized, name: str, version: str | None = None) -> Response:
+    return json_response(KServeModel(models).model_metadata(name, version))
 
 
 @router.get("/v2/models/{name}/ready", responses={**NOT_READY, 404: ERRORS[404]})
 @router.get("/v2/models/{name}/versions/{version}/ready", responses={**NOT_READY, 404: ERRORS[404]})
-async def model_ready(engine: EngineDep, name: str, version: str | None = None) -> Response:
-    ready = KServeModel(engine).model_ready(name, version)
+async def model_ready(models: ModelsDep, name: str, version: str | None = None) -> Response:
+    ready = KServeModel(models).model_ready(name, version)
     return json_response({"name": name, "ready": ready}, 200 if ready else 503)
 
 
 @router.post("/v2/models/{name}/infer", responses=ERRORS)
 @router.post("/v2/models/{name}/versions/{version}/infer", responses=ERRORS)
 async def model_infer(
-    request: Request, engine: EngineDep, _: Authorized, name: str, version: str | None = None
+    request: Request, models: ModelsDep, _: Authorized, name: str, version: str | None = None
 ) -> Response:
-    model = KServeModel(engine)
+    model = KServeModel(models)
     info = model.check_model(name, version)
     header, texts = parse_infer(await request.body(), request.headers.get(HEADER_LENGTH))
     parameters = header.get("parameters") or {}
     requested = [str(o.get("name")) for o in header.get("outputs") or [] if isinstance(o, dict)]
-    embed_request, names = model.embed_request(texts, parameters, requested, timeout_s=None)
-    result = await embed_until_disconnected(engine, request, embed_request)
+    embed_request, names = model.embed_request(info.name, texts, parameters, requested, timeout_s=None)
+    result = await embed_until_disconnected(models, request, embed_request)
     return infer_response(header, result, info.version, names)
 
 

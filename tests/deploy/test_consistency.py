@@ -17,6 +17,7 @@ import yaml
 from service.backends.fake import FakeBackend
 from service.config import Settings, env_name, load_settings
 from service.core.engine import Engine
+from service.core.models import Models
 from service.http.app import create_app
 from service.metrics import Metrics
 from tests.deploy.conftest import (
@@ -35,7 +36,8 @@ DEFAULTS = Settings()
 @pytest.fixture(scope="module")
 def get_routes() -> set[str]:
     """Paths the REST app answers to GET, read from the app's own OpenAPI schema."""
-    app = create_app(DEFAULTS, Engine(DEFAULTS, FakeBackend))
+    engine = Engine(DEFAULTS, FakeBackend)
+    app = create_app(DEFAULTS, Models(DEFAULTS, [engine], engine.metrics))
     return {path for path, operations in app.openapi()["paths"].items() if "get" in operations}
 
 

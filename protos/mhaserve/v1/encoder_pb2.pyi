@@ -49,7 +49,7 @@ class AttentionSelection(_message.Message):
     def __init__(self, layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., reduce_heads: _Optional[_Union[HeadReduction, str]] = ..., rollout: _Optional[bool] = ..., rows: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("id", "inputs", "pooling", "normalize", "truncate", "return_tokens", "return_token_embeddings", "attention")
+    __slots__ = ("id", "inputs", "pooling", "normalize", "truncate", "return_tokens", "return_token_embeddings", "attention", "model")
     ID_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     POOLING_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class EmbedRequest(_message.Message):
     RETURN_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RETURN_TOKEN_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     id: str
     inputs: _containers.RepeatedScalarFieldContainer[str]
     pooling: Pooling
@@ -66,7 +67,8 @@ class EmbedRequest(_message.Message):
     return_tokens: bool
     return_token_embeddings: bool
     attention: AttentionSelection
-    def __init__(self, id: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., normalize: _Optional[bool] = ..., truncate: _Optional[bool] = ..., return_tokens: _Optional[bool] = ..., return_token_embeddings: _Optional[bool] = ..., attention: _Optional[_Union[AttentionSelection, _Mapping]] = ...) -> None: ...
+    model: str
+    def __init__(self, id: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., normalize: _Optional[bool] = ..., truncate: _Optional[bool] = ..., return_tokens: _Optional[bool] = ..., return_token_embeddings: _Optional[bool] = ..., attention: _Optional[_Union[AttentionSelection, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values",)
@@ -151,12 +153,14 @@ class EmbedResponse(_message.Message):
     def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., tokens: _Optional[_Iterable[_Union[TokenList, _Mapping]]] = ..., token_embeddings: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., attention: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., attention_layers: _Optional[_Iterable[int]] = ..., attention_heads: _Optional[_Iterable[int]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., attention_reduce_heads: _Optional[_Union[HeadReduction, str]] = ..., attention_rollout: _Optional[bool] = ..., attention_rows: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
-    __slots__ = ("inputs", "truncate")
+    __slots__ = ("inputs", "truncate", "model")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedScalarFieldContainer[str]
     truncate: bool
-    def __init__(self, inputs: _Optional[_Iterable[str]] = ..., truncate: _Optional[bool] = ...) -> None: ...
+    model: str
+    def __init__(self, inputs: _Optional[_Iterable[str]] = ..., truncate: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
 
 class TokenizeResponse(_message.Message):
     __slots__ = ("model", "tokens")
@@ -167,8 +171,10 @@ class TokenizeResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., tokens: _Optional[_Iterable[_Union[TokenList, _Mapping]]] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "version", "d_model", "n_layers", "n_heads", "max_len", "pooling", "normalize", "provider", "precision", "graph")

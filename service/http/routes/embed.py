@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import Response
 
-from service.http.deps import Authorized, EngineDep
+from service.http.deps import Authorized, ModelsDep
 from service.http.edge import DATA_ROUTE_ERRORS, embed_until_disconnected, error_responses, json_response
 from service.http.schemas import (
     EMBED_EXAMPLES,
@@ -29,16 +29,18 @@ router = APIRouter(tags=["embeddings"])
 async def embed(
     body: Annotated[EmbedBody, Body(openapi_examples=EMBED_EXAMPLES)],
     request: Request,
-    engine: EngineDep,
+    models: ModelsDep,
     _: Authorized,
 ) -> Response:
     """Pooled embeddings; on request word pieces, per-token embeddings and attention."""
-    result = await embed_until_disconnected(engine, request, body.to_request())
+    result = await embed_until_disconnected(models, request, body.to_request())
     return json_response(embed_response(result, body.encoding), headers=timing_headers(result))
 
 
 @router.post("/v1/tokenize", response_model=TokenizeResponse, responses=error_responses(*DATA_ROUTE_ERRORS))
-async def tokenize(body: TokenizeBody, engine: EngineDep, _: Authorized) -> Response:
+async def tokenize(body: TokenizeBody, models: ModelsDep, _: Authorized) -> Response:
     """Word pieces with ids and character offsets, as the model sees the text."""
-    result = await engine.tokenize(TokenizeRequest(inputs=as_tuple(body.inputs), truncate=body.truncate))
+    result = await models.tokenize(
+        TokenizeRequest(inputs=as_tuple(body.inputs), model=body.model, truncate=body.truncate)
+    )
     return json_response(tokenize_response(result))

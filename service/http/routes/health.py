@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.http.deps import EngineDep, authorized
+from service.http.deps import ModelsDep, authorized
 from service.http.edge import json_response
 from service.http.schemas import HealthResponse
 
@@ -19,13 +19,13 @@ async def live() -> Response:
 
 
 @router.get("/health/ready", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
-async def ready(engine: EngineDep) -> Response:
-    """Model loaded and warm, not draining, inference not failing; else the status says which."""
-    return json_response({"status": engine.status.value}, 200 if engine.ready else 503)
+async def ready(models: ModelsDep) -> Response:
+    """Every model loaded and warm, not draining, inference not failing; else the status says which."""
+    return json_response({"status": models.status.value}, 200 if models.ready else 503)
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
-async def metrics(request: Request, engine: EngineDep) -> Response:
-    if engine.settings.metrics_require_key:
+async def metrics(request: Request, models: ModelsDep) -> Response:
+    if models.settings.metrics_require_key:
         authorized(request)
-    return Response(engine.metrics.exposition(), media_type=engine.metrics.content_type)
+    return Response(models.metrics.exposition(), media_type=models.metrics.content_type)

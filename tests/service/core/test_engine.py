@@ -97,7 +97,7 @@ def test_a_request_past_its_deadline_fails_and_its_queued_work_is_never_computed
             await engine.embed(embed("a quick brown fox jumps", timeout_s=0.1))
         await blocker
         await asyncio.sleep(0.05)
-        return engine.metrics.dropped.labels("deadline")._value.get()
+        return engine.m.dropped["deadline"]._value.get()
 
     dropped = run(scenario, backend, inference_workers=1)
     assert [shape for _, shape in backend.calls] == [(1, 4)]  # only the blocker was computed

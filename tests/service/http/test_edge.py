@@ -11,6 +11,7 @@ import httpx
 from service.backends.fake import FakeBackend
 from service.config import load_settings
 from service.core.engine import Engine
+from service.core.models import Models
 from service.http.app import create_app
 from service.types import ModelInfo
 
@@ -23,7 +24,7 @@ def serve(scenario: Callable[[httpx.AsyncClient, Engine], Awaitable], start: boo
 
     async def main():
         engine = Engine(load_settings(flags, {}), lambda: FakeBackend(delay_s=0.2))
-        app = create_app(engine.settings, engine)
+        app = create_app(engine.settings, Models(engine.settings, [engine], engine.metrics))
         if start:
             await engine.start()
         transport = httpx.ASGITransport(app=app)
