@@ -109,7 +109,9 @@ def test_missing_graph_is_named(artifact_copy):
         (lambda m: m.update(format_version=99), "format_version 99 is not supported"),
         (lambda m: m.pop("graphs"), "missing field 'graphs'"),
         (lambda m: m["graphs"].pop("attention"), "graph 'attention' is missing"),
-        (lambda m: m.update(pooling="max"), "pooling 'max'"),
+        (lambda m: m.update(pooling="median"), "pooling 'median' must be one of cls, max, mean"),
+        (lambda m: m.pop("dense"), "missing field 'dense'"),
+        (lambda m: m.update(embedding_dim=10), "embedding_dim 10 does not follow"),
     ],
 )
 def test_malformed_manifest_is_refused(artifact_copy, edit, says):
