@@ -189,6 +189,9 @@ def read_sentence_transformer(directory: Path) -> SentenceTransformerConfig | No
         raise ModelError(f"{modules_path}: more than one Transformer module")
     if NORMALIZE in classes and classes.index(NORMALIZE) != len(classes) - 1:
         raise ModelError(f"{modules_path}: a Normalize module must come last")
+    for entry, cls in zip(entries, classes, strict=True):
+        if cls in (POOLING, DENSE) and not (isinstance(entry.get("path"), str) and entry["path"]):
+            raise ModelError(f"{modules_path}: the {cls} module (idx {entry.get('idx')}) names no folder in 'path'")
 
     pooling = pooling_mode(read_json(directory / entries[1]["path"] / "config.json"), directory / entries[1]["path"])
     dense = tuple(

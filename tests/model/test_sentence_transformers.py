@@ -116,6 +116,7 @@ def test_legacy_pooling_keys_read_as_sentence_transformers_reads_them(tmp_path):
             "module type 'sentence_transformers.models.LayerNorm' is not supported",
         ),
         (None, [MODULES[0]], "exactly one Pooling module"),
+        (None, [MODULES[0], {"idx": 1, "type": MODULES[1]["type"]}], r"the Pooling module \(idx 1\) names no folder"),
         (None, [{**MODULES[1], "idx": 0}, {**MODULES[0], "idx": 1}], "first module must be a Transformer"),
     ],
 )
