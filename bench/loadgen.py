@@ -169,12 +169,15 @@ async def open_loop(make_call: Callable[[], Call], texts: list[str], rate: float
     return Outcome(len(texts), tokens, time.perf_counter() - started, latencies, errors)
 
 
-def rest_call(host: str, port: int) -> Callable[[], Call]:
+def rest_call(host: str, port: int, model: str | None = None) -> Callable[[], Call]:
+    """POST /v1/embed; `model` names one of the served models (None: the server's first)."""
+
     def make() -> Call:
         connection = RawHttp(host, port)
+        extra = {"model": model} if model else {}
 
         async def call(texts: list[str]) -> int:
-            status, _, body = await connection.post("/v1/embed", {"inputs": texts})
+            status, _, body = await connection.post("/v1/embed", {"inputs": texts, **extra})
             if status != 200:
                 raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
             return orjson.loads(body)["usage"]["tokens"]

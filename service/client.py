@@ -29,7 +29,15 @@ from service.types import AttentionSelection, ModelInfo, Token
 # A gRPC status the server did not send itself (a deadline the channel enforced, a lost
 # connection) carries no error type: the code alone says what it was.
 ERRORS_BY_CODE = {code: cls for cls, code in reversed(errors.GRPC_CODE.items())}
-POOLING = {None: pb.POOLING_UNSPECIFIED, "mean": pb.POOLING_MEAN, "cls": pb.POOLING_CLS}
+POOLING = {
+    None: pb.POOLING_UNSPECIFIED,
+    "mean": pb.POOLING_MEAN,
+    "cls": pb.POOLING_CLS,
+    "max": pb.POOLING_MAX,
+    "mean_sqrt_len_tokens": pb.POOLING_MEAN_SQRT_LEN_TOKENS,
+    "weightedmean": pb.POOLING_WEIGHTEDMEAN,
+    "lasttoken": pb.POOLING_LASTTOKEN,
+}
 HEAD_REDUCTION = {"none": pb.HEAD_REDUCTION_NONE, "mean": pb.HEAD_REDUCTION_MEAN, "max": pb.HEAD_REDUCTION_MAX}
 HEAD_REDUCTION_NAME = {value: name for name, value in HEAD_REDUCTION.items()} | {pb.HEAD_REDUCTION_UNSPECIFIED: "none"}
 
@@ -100,6 +108,7 @@ class RestClient(ClosingClient):
         inputs: str | Sequence[str],
         *,
         model: str | None = None,
+        prompt_name: str | None = None,
         pooling: str | None = None,
         normalize: bool = True,
         truncate: bool = True,
@@ -119,6 +128,8 @@ class RestClient(ClosingClient):
         }
         if model is not None:
             body["model"] = model
+        if prompt_name is not None:
+            body["prompt_name"] = prompt_name
         if pooling is not None:
             body["pooling"] = pooling
         if attention is not None:
@@ -249,6 +260,7 @@ def embed_message(
     *,
     request_id: str = "",
     model: str | None = None,
+    prompt_name: str | None = None,
     pooling: str | None = None,
     normalize: bool = True,
     truncate: bool = True,
@@ -258,10 +270,12 @@ def embed_message(
 ) -> pb.EmbedRequest:
     """The wire request for GrpcClient.embed's arguments; also what to feed embed_stream."""
     if pooling not in POOLING:
-        raise errors.InvalidRequest(f"pooling {pooling!r} is not supported: use 'mean', 'cls' or None")
+        known = ", ".join(repr(mode) for mode in POOLING if mode)
+        raise errors.InvalidRequest(f"pooling {pooling!r} is not supported: use one of {known}, or None")
     message = pb.EmbedRequest(
         id=request_id,
         model=model or "",
+        prompt_name=prompt_name or "",
         inputs=as_inputs(inputs),
         pooling=POOLING[pooling],
         normalize=normalize,
@@ -310,7 +324,8 @@ class GrpcClient(ClosingClient):
         self.channel.close()
 
     def embed(self, inputs: str | Sequence[str], *, timeout_s: float | None = None, **options: Any) -> Embeddings:
-        """options: model, pooling, normalize, truncate, return_tokens, return_token_embeddings, attention."""
+        """options: model, prompt_name, pooling, normalize, truncate, return_tokens, return_token_embeddings,
+        attention (as RestClient.embed takes them)."""
         message = embed_message(inputs, **options)
         return embeddings_from(self._call(self.stub.Embed, message, timeout_s))
 

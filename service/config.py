@@ -72,10 +72,10 @@ class Settings(BaseSettings):
         "(a lone request at idle leaves at once); always: every batch waits up to max_wait_ms unless full",
     )
     max_queue_tokens: int = setting(131072, "queued tokens allowed; a request that does not fit gets 429 at once")
-    queue_wait_share: float = setting(
-        0.5,
-        "the queue also takes no more work than the backend computes, at its measured rate, in this share of "
-        "request_timeout_s: under overload, accepted requests are answered within their deadline and the rest "
+    max_queue_wait_s: float = setting(
+        2.0,
+        "the queue also takes no more work than the backend drains in this many seconds, at the rate it measures "
+        "while saturated: under overload, accepted requests are answered within about this long and the rest are "
         "refused at once; 0 = max_queue_tokens alone bounds the queue",
     )
     attention_max_batch_tokens: int = setting(4096, "max_batch_tokens for the attention graph (its output is T^2)")
@@ -292,8 +292,11 @@ def validate(settings: Settings) -> None:
     for name in positive:
         if getattr(settings, name) <= 0:
             raise SettingsError(f"{flag_name(name)} must be positive, got {getattr(settings, name)}")
-    if not 0 <= settings.queue_wait_share <= 1:
-        raise SettingsError(f"--queue-wait-share must be 0..1, got {settings.queue_wait_share}")
+    if not 0 <= settings.max_queue_wait_s < settings.request_timeout_s:
+        raise SettingsError(
+            f"--max-queue-wait-s must be >= 0 and under --request-timeout-s ({settings.request_timeout_s}), "
+            f"got {settings.max_queue_wait_s}"
+        )
     if settings.max_wait_ms < 0 or settings.request_timeout_s <= 0 or settings.shutdown_grace_s < 0:
         raise SettingsError("--max-wait-ms and --shutdown-grace-s must be >= 0, --request-timeout-s > 0")
     if settings.api_key_file is not None and not Path(settings.api_key_file).is_file():

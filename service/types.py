@@ -32,6 +32,7 @@ class EmbedRequest:
     inputs: tuple[str, ...]
     model: str | None = None  # None: the first model the server was started with
     dimensions: int | None = None  # keep the first n (a Matryoshka truncation the model declares)
+    prompt_name: str | None = None  # one of the model's prompts; None: its default prompt, if any
     pooling: str | None = None  # None: the model's default (manifest)
     normalize: bool = True
     truncate: bool = True

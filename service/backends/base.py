@@ -8,7 +8,7 @@ release the GIL while they compute.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -31,6 +31,8 @@ class ModelSpec:
     normalize: bool  # the default
     dense: tuple[Dense, ...] = ()  # applied after pooling, before normalising (sentence-transformers' Dense)
     matryoshka_dims: tuple[int, ...] = ()  # truncations the model was trained for (OpenAI's `dimensions`)
+    prompts: dict[str, str] = field(default_factory=dict)  # prompt_name -> text prepended to every input
+    default_prompt_name: str | None = None
 
     @property
     def embedding_dim(self) -> int:

@@ -264,6 +264,8 @@ class OnnxBackend:
             normalize=m.normalize,
             dense=artifact.dense_layers(),
             matryoshka_dims=m.matryoshka_dims,
+            prompts=dict(m.prompts),
+            default_prompt_name=m.default_prompt_name,
         )
         tokenizer = Tokenizer.from_file(str(artifact.tokenizer_path))
         tokenizer.enable_truncation(max_length=m.max_len)

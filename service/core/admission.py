@@ -64,6 +64,17 @@ class Admission:
             if not text:
                 raise InvalidRequest(f"inputs[{i}] is an empty string: send some text")
 
+    def with_prompt(self, inputs: tuple[str, ...], prompt_name: str | None) -> tuple[str, ...]:
+        """The inputs as the model reads them: its prompt prepended, as sentence-transformers does."""
+        name = prompt_name or self.spec.default_prompt_name
+        if name is None:
+            return inputs
+        if name not in self.spec.prompts:
+            known = ", ".join(repr(p) for p in self.spec.prompts) or "none"
+            raise InvalidRequest(f"prompt_name {name!r} is not one of {self.spec.name}'s prompts ({known})")
+        prompt = self.spec.prompts[name]
+        return tuple(prompt + text for text in inputs)
+
     def check_pooling(self, pooling: str | None) -> str:
         pooling = pooling or self.spec.pooling
         if pooling not in POOLING_MODES:
@@ -112,13 +123,13 @@ class Admission:
         return estimate_tokens(inputs, self.spec.max_len)
 
     def room(self) -> int:
-        """Tokens the queue takes now: max_queue_tokens, and no more than drains in queue_wait_share
-        of request_timeout_s at the rate measured while saturated, so that under overload what is
-        accepted is answered well within its deadline and the rest is refused at once."""
+        """Tokens the queue takes now: max_queue_tokens, and no more than drains in max_queue_wait_s
+        at the rate measured while saturated, so that under overload what is accepted is answered
+        within seconds (and its connections are not held for long) while the rest is refused at once."""
         limit = self.settings.max_queue_tokens
-        share = self.settings.queue_wait_share
-        if share > 0 and self.tokens_per_s is not None:
-            limit = min(limit, max(self.spec.max_len, int(self.tokens_per_s * share * self.settings.request_timeout_s)))
+        wait_s = self.settings.max_queue_wait_s
+        if wait_s > 0 and self.tokens_per_s is not None:
+            limit = min(limit, max(self.spec.max_len, int(self.tokens_per_s * wait_s)))
         return limit
 
     def record_batch(self, tokens: int, now: float) -> None:

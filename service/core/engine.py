@@ -185,14 +185,15 @@ class Engine:
         self._check_dimensions(request.dimensions)
         pooling = admission.check_pooling(request.pooling)
         admission.check_inputs(request.inputs)
+        inputs = admission.with_prompt(request.inputs, request.prompt_name)
         plan = admission.resolve_attention(request.attention)
         deadline = time.monotonic() + (request.timeout_s or self.settings.request_timeout_s)
-        estimate = admission.estimate_tokens(request.inputs)
+        estimate = admission.estimate_tokens(inputs)
         admission.refuse_when_full(estimate)
         with admission.in_flight():
             started = time.monotonic()
             with admission.being_tokenized(estimate):
-                encodings = await self._encode(request.inputs, request.truncate)
+                encodings = await self._encode(inputs, request.truncate)
             tokenize_s = time.monotonic() - started
             lengths = [len(e.ids) for e in encodings]
             if plan is not None:

@@ -20,7 +20,15 @@ from service.grpc.edge import Context, Rpc, parse, time_remaining
 from service.types import AttentionSelection, EmbedRequest, EmbedResult, Token, TokenizeRequest
 
 SERVICE = "mhaserve.v1.Encoder"
-POOLING = {pb.POOLING_UNSPECIFIED: None, pb.POOLING_MEAN: "mean", pb.POOLING_CLS: "cls"}
+POOLING = {
+    pb.POOLING_UNSPECIFIED: None,
+    pb.POOLING_MEAN: "mean",
+    pb.POOLING_CLS: "cls",
+    pb.POOLING_MAX: "max",
+    pb.POOLING_MEAN_SQRT_LEN_TOKENS: "mean_sqrt_len_tokens",
+    pb.POOLING_WEIGHTEDMEAN: "weightedmean",
+    pb.POOLING_LASTTOKEN: "lasttoken",
+}
 HEAD_REDUCTION = {
     pb.HEAD_REDUCTION_UNSPECIFIED: "none",
     pb.HEAD_REDUCTION_NONE: "none",
@@ -32,11 +40,15 @@ HEAD_REDUCTION_OUT = {"none": pb.HEAD_REDUCTION_NONE, "mean": pb.HEAD_REDUCTION_
 
 def embed_request(message: pb.EmbedRequest, timeout_s: float | None) -> EmbedRequest:
     if message.pooling not in POOLING:
-        raise InvalidRequest(f"pooling {message.pooling} is not a known Pooling value: use POOLING_MEAN or POOLING_CLS")
+        raise InvalidRequest(
+            f"pooling {message.pooling} is not a known Pooling value: use POOLING_MEAN, POOLING_CLS, POOLING_MAX, "
+            "POOLING_MEAN_SQRT_LEN_TOKENS, POOLING_WEIGHTEDMEAN or POOLING_LASTTOKEN"
+        )
     attention = attention_selection(message.attention) if message.HasField("attention") else None
     return EmbedRequest(
         inputs=tuple(message.inputs),
         model=message.model or None,
+        prompt_name=message.prompt_name or None,
         pooling=POOLING[message.pooling],
         normalize=message.normalize if message.HasField("normalize") else True,
         truncate=message.truncate if message.HasField("truncate") else True,

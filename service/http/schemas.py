@@ -79,7 +79,12 @@ class AttentionBody(Strict):
 class EmbedBody(Strict):
     inputs: Inputs
     model: StrictStr | None = Field(None, description="a served model's name (GET /v1/models); default: the first")
-    pooling: Literal["mean", "cls"] | None = Field(None, description="default: the model's (mean for MiniLM)")
+    prompt_name: StrictStr | None = Field(
+        None, description="one of the model's prompts (its manifest's), prepended to every input; default: its default"
+    )
+    pooling: Literal["mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"] | None = Field(
+        None, description="sentence-transformers' pooling modes; default: the model's (mean for MiniLM)"
+    )
     normalize: StrictBool = Field(True, description="L2-normalise the pooled embedding")
     truncate: StrictBool = Field(True, description="cut inputs at max_len tokens; false: such inputs are an error")
     return_tokens: StrictBool = False
@@ -104,6 +109,7 @@ class EmbedBody(Strict):
         return EmbedRequest(
             inputs=as_tuple(self.inputs),
             model=self.model,
+            prompt_name=self.prompt_name,
             pooling=self.pooling,
             normalize=self.normalize,
             truncate=self.truncate,

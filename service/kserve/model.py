@@ -31,7 +31,8 @@ OUTPUTS = (EMBEDDING, TOKEN_EMBEDDINGS, ATTENTION, LENGTHS)
 
 # Request parameters this model reads, with what they mean. "timeout" is Triton's (microseconds).
 PARAMETERS = {
-    "pooling": '"mean" or "cls" (default: the model\'s)',
+    "pooling": '"mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean" or "lasttoken" (default: the model\'s)',
+    "prompt_name": "one of the model's prompts, prepended to every input (default: the model's default prompt)",
     "normalize": "bool, L2-normalise embedding (default true)",
     "truncate": "bool, cut inputs at max_len tokens (default true)",
     "return_token_embeddings": "bool, add token_embeddings and lengths when no outputs are listed",
@@ -136,10 +137,14 @@ class KServeModel:
             timeout_s = min(timeout_s or float("inf"), microseconds / 1e6)
         pooling = parameters.get("pooling")
         if pooling is not None and not isinstance(pooling, str):
-            raise InvalidRequest(f"parameter 'pooling' must be a string, 'mean' or 'cls'; got {pooling!r}")
+            raise InvalidRequest(f"parameter 'pooling' must be a string such as 'mean' or 'cls'; got {pooling!r}")
+        prompt_name = parameters.get("prompt_name")
+        if prompt_name is not None and not isinstance(prompt_name, str):
+            raise InvalidRequest(f"parameter 'prompt_name' must be a string; got {prompt_name!r}")
         request = EmbedRequest(
             inputs=tuple(texts),
             model=model,
+            prompt_name=prompt_name,
             pooling=pooling,
             normalize=bool_parameter(parameters, "normalize", default=True),
             truncate=bool_parameter(parameters, "truncate", default=True),

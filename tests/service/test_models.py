@@ -39,6 +39,7 @@ def renamed_copy(directory: Path, name: str) -> Path:
     manifest = json.loads((ARTIFACT / "manifest.json").read_text())
     manifest["name"] = name
     manifest["matryoshka_dims"] = [128, 256]  # as if trained for them: the server only truncates
+    manifest["prompts"] = {"query": "query: ", "passage": "passage: "}
     (directory / "manifest.json").write_text(json.dumps(manifest))
     return directory
 
@@ -124,3 +125,24 @@ def test_two_model_directories_with_one_name_are_refused_at_start(artifact):
     )
     assert result.returncode == 2, result.stderr
     assert f"two models are named '{DEFAULT}'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_prompt_name_prepends_the_models_prompt_on_every_transport(two_models, reference):
+    expected = reference.embedding("query: " + TEXTS[0])
+    with RestClient(two_models.url) as rest, GrpcClient(two_models.grpc_target) as grpc_client:
+        for client in (rest, grpc_client):
+            answer = client.embed(TEXTS[0], model=SECOND, prompt_name="query")
+            np.testing.assert_allclose(answer.embeddings[0], expected, atol=1e-5)
+    refused = post(two_models, "/v1/embed", {"inputs": "x", "model": SECOND, "prompt_name": "title"})
+    assert refused.status_code == 422
+    assert "'title' is not one of minilm-second's prompts ('query', 'passage')" in refused.json()["error"]["message"]
+    no_prompts = post(two_models, "/v1/embed", {"inputs": "x", "prompt_name": "query"})
+    assert no_prompts.status_code == 422 and "prompts (none)" in no_prompts.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"])
+def test_every_sentence_transformers_pooling_mode_is_served_on_rest_and_grpc(two_models, reference, pooling):
+    expected = reference.embedding(TEXTS[1], pooling=pooling)
+    with RestClient(two_models.url) as rest, GrpcClient(two_models.grpc_target) as grpc_client:
+        for client in (rest, grpc_client):
+            np.testing.assert_allclose(client.embed(TEXTS[1], pooling=pooling).embeddings[0], expected, atol=1e-5)

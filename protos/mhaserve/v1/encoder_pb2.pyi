@@ -12,6 +12,10 @@ class Pooling(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     POOLING_UNSPECIFIED: _ClassVar[Pooling]
     POOLING_MEAN: _ClassVar[Pooling]
     POOLING_CLS: _ClassVar[Pooling]
+    POOLING_MAX: _ClassVar[Pooling]
+    POOLING_MEAN_SQRT_LEN_TOKENS: _ClassVar[Pooling]
+    POOLING_WEIGHTEDMEAN: _ClassVar[Pooling]
+    POOLING_LASTTOKEN: _ClassVar[Pooling]
 
 class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -27,6 +31,10 @@ class HeadReduction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 POOLING_UNSPECIFIED: Pooling
 POOLING_MEAN: Pooling
 POOLING_CLS: Pooling
+POOLING_MAX: Pooling
+POOLING_MEAN_SQRT_LEN_TOKENS: Pooling
+POOLING_WEIGHTEDMEAN: Pooling
+POOLING_LASTTOKEN: Pooling
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 HEAD_REDUCTION_UNSPECIFIED: HeadReduction
@@ -49,7 +57,7 @@ class AttentionSelection(_message.Message):
     def __init__(self, layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., reduce_heads: _Optional[_Union[HeadReduction, str]] = ..., rollout: _Optional[bool] = ..., rows: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("id", "inputs", "pooling", "normalize", "truncate", "return_tokens", "return_token_embeddings", "attention", "model")
+    __slots__ = ("id", "inputs", "pooling", "normalize", "truncate", "return_tokens", "return_token_embeddings", "attention", "model", "prompt_name")
     ID_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     POOLING_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +67,7 @@ class EmbedRequest(_message.Message):
     RETURN_TOKEN_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_NAME_FIELD_NUMBER: _ClassVar[int]
     id: str
     inputs: _containers.RepeatedScalarFieldContainer[str]
     pooling: Pooling
@@ -68,7 +77,8 @@ class EmbedRequest(_message.Message):
     return_token_embeddings: bool
     attention: AttentionSelection
     model: str
-    def __init__(self, id: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., normalize: _Optional[bool] = ..., truncate: _Optional[bool] = ..., return_tokens: _Optional[bool] = ..., return_token_embeddings: _Optional[bool] = ..., attention: _Optional[_Union[AttentionSelection, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
+    prompt_name: str
+    def __init__(self, id: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., normalize: _Optional[bool] = ..., truncate: _Optional[bool] = ..., return_tokens: _Optional[bool] = ..., return_token_embeddings: _Optional[bool] = ..., attention: _Optional[_Union[AttentionSelection, _Mapping]] = ..., model: _Optional[str] = ..., prompt_name: _Optional[str] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values",)
