@@ -243,7 +243,8 @@ class OnnxBackend:
         # its requests are few and heavy: one batch at a time on all the threads, one session's memory
         attention = load_runner(artifact, ATTENTION, provider, workers * threads)
         log.info(
-            "runtime: provider %s, fast graph %s (%s), attention graph %s (%s), %d worker(s) x %d intra-op threads",
+            "%s: provider %s, fast graph %s (%s), attention graph %s (%s), %d worker(s) x %d intra-op threads",
+            artifact.manifest.name,
             fast.provider,
             fast.file,
             fast.precision,

@@ -3,11 +3,11 @@
 Open-loop load (requests at a fixed rate, whatever the answers do) at 3x the capacity measured
 just before, the same way, in the same run; every answer is checked against in-process
 onnxruntime. The server runs at its default settings: its queue takes no more work than it
-drains in 2 s, so what is accepted finishes in seconds and the rest is refused at once, at the
-protocol edge (docs/reliability.md). The load generator
+drains in a few seconds (--max-queue-wait-s), so what is accepted finishes in seconds and the
+rest is refused at once, at the protocol edge (docs/reliability.md). The load generator
 shares the machine's cores with the server; each row reports both processes' CPU.
-The 4-second burst runs in `make test`; the 60-second bursts over REST and over gRPC (then
-SIGTERM during a third burst) and the 10-minute soak are `slow` and run by `make test-reliability`.
+The 4-second burst runs in `make test`; the 60-second bursts over REST and over gRPC and a
+SIGTERM during a third burst, and the 10-minute soak, are `slow` (`make test-reliability`).
 """
 
 from __future__ import annotations
