@@ -25,7 +25,7 @@ from service.types import TokenizeRequest
 router = APIRouter(tags=["embeddings"])
 
 
-@router.post("/v1/embed", response_model=EmbedResponse, responses=error_responses(*DATA_ROUTE_ERRORS))
+@router.post("/v1/embed", response_model=EmbedResponse, responses=error_responses(404, *DATA_ROUTE_ERRORS))
 async def embed(
     body: Annotated[EmbedBody, Body(openapi_examples=EMBED_EXAMPLES)],
     request: Request,
@@ -37,7 +37,7 @@ async def embed(
     return json_response(embed_response(result, body.encoding), headers=timing_headers(result))
 
 
-@router.post("/v1/tokenize", response_model=TokenizeResponse, responses=error_responses(*DATA_ROUTE_ERRORS))
+@router.post("/v1/tokenize", response_model=TokenizeResponse, responses=error_responses(404, *DATA_ROUTE_ERRORS))
 async def tokenize(body: TokenizeBody, models: ModelsDep, _: Authorized) -> Response:
     """Word pieces with ids and character offsets, as the model sees the text."""
     result = await models.tokenize(
