@@ -237,7 +237,7 @@ class Engine:
 
     def clearly_full(self, at_least: int | None = None) -> bool:
         """No room in the queue for a request of at least this many tokens (None: the smallest)."""
-        if self.admission is None:  # still loading: the full path answers 503
+        if self.admission is None or self.draining:  # loading or shutting down: the full path answers 503
             return False
         return self.admission.clearly_full(at_least or MIN_REQUEST_TOKENS)
 
