@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     )
     max_queue_tokens: int = setting(131072, "queued tokens allowed; a request that does not fit gets 429 at once")
     max_queue_wait_s: float = setting(
-        5.0,
+        2.0,
         "the queue also takes no more work than the backend drains in this many seconds, at the rate it measures "
         "while saturated: under overload, accepted requests are answered within about this long and the rest are "
         "refused at once; 0 = max_queue_tokens alone bounds the queue",
