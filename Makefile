@@ -152,7 +152,7 @@ test-reliability: model
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check model service tests
+	$(PY) -m ruff format --check model service tests bench artifact
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache .ruff_cache
