@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from artifact.pooling import POOLING_MODES
 from protos.mhaserve.v1 import encoder_pb2 as pb
 from protos.mhaserve.v1 import encoder_pb2_grpc
 from service import errors
@@ -29,15 +30,7 @@ from service.types import AttentionSelection, ModelInfo, Token
 # A gRPC status the server did not send itself (a deadline the channel enforced, a lost
 # connection) carries no error type: the code alone says what it was.
 ERRORS_BY_CODE = {code: cls for cls, code in reversed(errors.GRPC_CODE.items())}
-POOLING = {
-    None: pb.POOLING_UNSPECIFIED,
-    "mean": pb.POOLING_MEAN,
-    "cls": pb.POOLING_CLS,
-    "max": pb.POOLING_MAX,
-    "mean_sqrt_len_tokens": pb.POOLING_MEAN_SQRT_LEN_TOKENS,
-    "weightedmean": pb.POOLING_WEIGHTEDMEAN,
-    "lasttoken": pb.POOLING_LASTTOKEN,
-}
+POOLING = {None: pb.POOLING_UNSPECIFIED} | {m: pb.Pooling.Value(f"POOLING_{m.upper()}") for m in POOLING_MODES}
 HEAD_REDUCTION = {"none": pb.HEAD_REDUCTION_NONE, "mean": pb.HEAD_REDUCTION_MEAN, "max": pb.HEAD_REDUCTION_MAX}
 HEAD_REDUCTION_NAME = {value: name for name, value in HEAD_REDUCTION.items()} | {pb.HEAD_REDUCTION_UNSPECIFIED: "none"}
 

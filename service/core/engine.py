@@ -212,7 +212,7 @@ class Engine:
             results: list[SequenceResult] = await self._wait(job, deadline)
             self.m.tokens.inc(sum(lengths))
             return EmbedResult(
-                model=self.info.name if self.info else "",
+                model=self.name,
                 embeddings=truncate(np.stack([r.embedding for r in results]), request.dimensions, request.normalize),
                 tokens=[to_tokens(e) for e in encodings] if request.return_tokens else None,
                 token_embeddings=[r.token_embeddings for r in results] if request.return_token_embeddings else None,

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
+from artifact.pooling import POOLING_MODES
 from protos.mhaserve.v1 import encoder_pb2 as pb
 from service.core.models import Models
 from service.errors import InvalidRequest, MhaserveError
@@ -20,15 +21,8 @@ from service.grpc.edge import Context, Rpc, parse, time_remaining
 from service.types import AttentionSelection, EmbedRequest, EmbedResult, Token, TokenizeRequest
 
 SERVICE = "mhaserve.v1.Encoder"
-POOLING = {
-    pb.POOLING_UNSPECIFIED: None,
-    pb.POOLING_MEAN: "mean",
-    pb.POOLING_CLS: "cls",
-    pb.POOLING_MAX: "max",
-    pb.POOLING_MEAN_SQRT_LEN_TOKENS: "mean_sqrt_len_tokens",
-    pb.POOLING_WEIGHTEDMEAN: "weightedmean",
-    pb.POOLING_LASTTOKEN: "lasttoken",
-}
+# the enum names the modes as artifact.pooling does: POOLING_<MODE>
+POOLING = {pb.POOLING_UNSPECIFIED: None} | {pb.Pooling.Value(f"POOLING_{m.upper()}"): m for m in POOLING_MODES}
 HEAD_REDUCTION = {
     pb.HEAD_REDUCTION_UNSPECIFIED: "none",
     pb.HEAD_REDUCTION_NONE: "none",
@@ -40,10 +34,8 @@ HEAD_REDUCTION_OUT = {"none": pb.HEAD_REDUCTION_NONE, "mean": pb.HEAD_REDUCTION_
 
 def embed_request(message: pb.EmbedRequest, timeout_s: float | None) -> EmbedRequest:
     if message.pooling not in POOLING:
-        raise InvalidRequest(
-            f"pooling {message.pooling} is not a known Pooling value: use POOLING_MEAN, POOLING_CLS, POOLING_MAX, "
-            "POOLING_MEAN_SQRT_LEN_TOKENS, POOLING_WEIGHTEDMEAN or POOLING_LASTTOKEN"
-        )
+        known = ", ".join(pb.Pooling.Name(value) for value, mode in POOLING.items() if mode)
+        raise InvalidRequest(f"pooling {message.pooling} is not a known Pooling value: use one of {known}")
     attention = attention_selection(message.attention) if message.HasField("attention") else None
     return EmbedRequest(
         inputs=tuple(message.inputs),

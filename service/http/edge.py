@@ -220,10 +220,12 @@ class Intake:
 
     def _no_room_for(self, route: DataRoute, body: bytes) -> Overloaded | None:
         models = self.models
+        if route.model is not None and route.model not in models.engines:
+            return None  # the full path answers the 404
         if models.clearly_full(route.model):
             return models.engine(route.model).at_capacity()
-        engines = [models.engines[route.model]] if route.model in models.engines else models.engines.values()
-        if not any(engine.half_full() for engine in engines):
+        candidates = [models.engine(route.model)] if route.model else models.engines.values()
+        if not any(engine.half_full() for engine in candidates):
             return None
         try:
             parsed = orjson.loads(body)
