@@ -28,6 +28,7 @@ from service.http.protocol import HttpServer, http_config
 from service.metrics import Metrics
 
 log = logging.getLogger("mhaserve")
+GC_YOUNG_THRESHOLD = 20_000  # allocations between collections of the youngest generation
 
 
 def model_name(model_dir: Path) -> str:
@@ -76,7 +77,7 @@ async def serve(settings: Settings) -> None:
     except ValueError as exc:
         raise ArtifactError(f"--model-dir: {exc}") from None
     app = create_app(settings, models)
-    http = HttpServer(http_config(app, settings))
+    http = HttpServer(http_config(app, settings, models))
     http_task = asyncio.create_task(http.serve(), name="http")
     while not http.started:
         if http_task.done():  # e.g. the port is taken
@@ -107,6 +108,10 @@ async def serve(settings: Settings) -> None:
         # loop for a fraction of the time
         gc.collect()
         gc.freeze()
+        # under load every request in flight is young for seconds: at the default threshold (700
+        # allocations) the collector runs hundreds of times a second and walks them all again and
+        # again, each pass a pause of every request and refusal (docs/reliability.md)
+        gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
         grpc_server.set_serving()
         for info in models.model_infos():
             log.info("ready: %s", info)

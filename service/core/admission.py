@@ -45,6 +45,8 @@ class Admission:
         self.inflight = 0
         self.tokenizing = 0  # admitted requests not yet queued: company for a waiting batch
         self.tokenizing_tokens = 0  # their estimated tokens, counted against the queue's room
+        self.reserved_tokens = 0  # let through by the REST edge, not yet seen by the engine: reserve()
+        self.tokens_per_estimated = 1.0  # what tokenizing finds per estimated token, lately: expected()
         self.tokens_per_s: float | None = None  # the rate the queue drains at, once measured saturated
         self._saturated: collections.deque[tuple[float, int]] = collections.deque()
         self.idle = asyncio.Event()
@@ -149,12 +151,34 @@ class Admission:
 
     def clearly_full(self, at_least: int = MIN_REQUEST_TOKENS) -> bool:
         """True when a request of at least this many tokens cannot fit: the queue, with what is
-        being tokenized, has less room. Only while other work is queued, and never for a request
+        being tokenized or reserved, has less room. Only while other work waits, and never for a request
         too big for any queue (that gets its exact 413 after tokenizing)."""
-        queued = self.queued_tokens()
-        if not queued or at_least > self.settings.max_queue_tokens:
+        pending = self.queued_tokens() + self.tokenizing_tokens + self.reserved_tokens
+        if not pending or at_least > self.settings.max_queue_tokens:
             return False
-        return queued + self.tokenizing_tokens + at_least > self.room()
+        return pending + at_least > self.room()
+
+    def expected(self, estimate: int) -> int:
+        """The tokens a request estimated at `estimate` (a lower bound) will likely hold.
+
+        What others have on the way to the queue is counted at this size: counted at the lower
+        bound, the edge would let through more than fits, and the excess would be refused late,
+        after tokenizing. A request is itself refused only when its lower bound cannot fit."""
+        return max(estimate, round(estimate * self.tokens_per_estimated))
+
+    def observe_tokens(self, estimate: int, tokens: int) -> None:
+        if estimate > 0:
+            self.tokens_per_estimated += 0.05 * (tokens / estimate - self.tokens_per_estimated)
+
+    def reserve(self, estimate: int) -> Reservation:
+        """Counts a request the edge let through against the room until the engine counts it.
+
+        Under a flood requests arrive faster than the full path (routing, validation) brings
+        them to the engine; without this each would see the same room, all would be let
+        through, and most would then be refused late, after waiting their turn on the loop."""
+        tokens = self.expected(estimate)
+        self.reserved_tokens += tokens
+        return Reservation(self, tokens)
 
     def refuse_when_full(self, estimate: int) -> None:
         """Refuses before tokenizing when the queue clearly has no room for this request;
@@ -197,13 +221,14 @@ class Admission:
 
     @contextlib.contextmanager
     def being_tokenized(self, estimate: int) -> Iterator[None]:
+        expected = self.expected(estimate)
         self.tokenizing += 1
-        self.tokenizing_tokens += estimate
+        self.tokenizing_tokens += expected
         try:
             yield
         finally:
             self.tokenizing -= 1
-            self.tokenizing_tokens -= estimate
+            self.tokenizing_tokens -= expected
 
 
 def indices(chosen: tuple[int, ...] | None, count: int, what: str) -> tuple[int, ...]:
@@ -233,3 +258,17 @@ def positions(rows: tuple[int, ...] | None) -> tuple[int, ...] | None:
     if len(set(rows)) != len(rows):
         raise InvalidRequest(f"the attention row selection lists a row twice: {list(rows)}")
     return tuple(rows)
+
+
+class Reservation:
+    """A request's least possible tokens, held against the room from the edge to the engine."""
+
+    def __init__(self, admission: Admission, tokens: int):
+        self.admission: Admission | None = admission
+        self.tokens = tokens
+
+    def release(self) -> None:
+        """Idempotent: the engine takes the request over, or it ends before reaching it."""
+        if self.admission is not None:
+            self.admission.reserved_tokens -= self.tokens
+            self.admission = None

@@ -17,13 +17,14 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from service.errors import Cancelled, DeadlineExceeded, InferenceFailed, MhaserveError, NotReady
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -194,7 +195,6 @@ class Batcher:
 
     def _computed(self, task: asyncio.Task) -> None:
         self._computing.discard(task)
-        self._worker_free.release()
 
     def _drop_abandoned(self) -> None:
         now = time.monotonic()
@@ -263,8 +263,10 @@ class Batcher:
             if self.on_batch:
                 self.on_batch(BatchStats(len(batch), 0, 0, [], time.monotonic() - started, ok=False))
             return
+        finally:
+            self._worker_free.release()  # free for the next batch while this one's answers go out
         elapsed = time.monotonic() - started
-        for sequence, result in zip(batch, results, strict=True):
+        async for sequence, result in taking_turns(zip(batch, results, strict=True)):
             job = sequence.job
             job.queue_s = max(job.queue_s, started - sequence.enqueued)
             job.inference_s = max(job.inference_s, elapsed)
@@ -280,6 +282,21 @@ class Batcher:
                     inference_s=elapsed,
                 )
             )
+
+
+WAKEUPS_PER_TURN = 8
+
+
+async def taking_turns(items: Iterable[T]) -> AsyncIterator[T]:
+    """The items, with a turn of the event loop after every WAKEUPS_PER_TURN of them.
+
+    Each item given out wakes a request's task (a batch's answers, a tokenized group), and
+    asyncio runs everything woken in one pass before it reads its sockets again: 64 answers at
+    once would hold every arriving request, and every refusal, for that long."""
+    for count, item in enumerate(items, 1):
+        yield item
+        if count % WAKEUPS_PER_TURN == 0:
+            await asyncio.sleep(0)
 
 
 def lower_thread_priority(nice: int) -> None:

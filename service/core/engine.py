@@ -196,6 +196,7 @@ class Engine:
                 encodings = await self._encode(inputs, request.truncate)
             tokenize_s = time.monotonic() - started
             lengths = [len(e.ids) for e in encodings]
+            admission.observe_tokens(estimate, sum(lengths))
             if plan is not None:
                 admission.check_attention_rows(plan, lengths)
                 admission.check_attention_values(plan, lengths)
@@ -240,9 +241,6 @@ class Engine:
         if self.admission is None or self.draining:  # loading or shutting down: the full path answers 503
             return False
         return self.admission.clearly_full(at_least or MIN_REQUEST_TOKENS)
-
-    def half_full(self) -> bool:
-        return self.admission is not None and 2 * self._queued_tokens() > self.admission.room()
 
     def estimate_tokens(self, texts: list[str]) -> int:
         assert self.admission is not None

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tokenizers import Encoding, Tokenizer
 
+from service.core.batcher import taking_turns
 from service.errors import InvalidRequest
 from service.types import Token
 
@@ -46,7 +47,7 @@ class TokenizerWorker:
                     await self._encode_each(loop, group)
                     continue
                 start = 0
-                for request_texts, future in group:
+                async for request_texts, future in taking_turns(group):
                     if not future.done():
                         future.set_result(encodings[start : start + len(request_texts)])
                     start += len(request_texts)

@@ -22,6 +22,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.core.admission import Reservation
 from service.core.models import Models
 from service.errors import InvalidRequest, MhaserveError, NotFound, Overloaded, PayloadTooLarge, Unauthenticated
 from service.http.schemas import ErrorResponse, KServeErrorResponse
@@ -36,17 +37,27 @@ def json_response(body: object, status: int = 200, headers: dict[str, str] | Non
     return Response(content, status_code=status, media_type="application/json", headers=headers)
 
 
-def error_response(error: MhaserveError, path: str) -> Response:
+def error_headers(error: MhaserveError) -> dict[str, str]:
     headers = {}
     if isinstance(error, Overloaded):
         headers["Retry-After"] = str(error.retry_after_s)
     if isinstance(error, Unauthenticated):
         headers["WWW-Authenticate"] = "Bearer"
+    return headers
+
+
+def error_body(error: MhaserveError, path: str) -> bytes:
     if path.startswith(KSERVE_PREFIX):
         body: dict[str, Any] = {"error": error.message}
     else:
         body = {"error": {"type": error.type, "message": error.message}}
-    return json_response(body, error.http_status, headers)
+    return orjson.dumps(body)
+
+
+def error_response(error: MhaserveError, path: str) -> Response:
+    return Response(
+        error_body(error, path), error.http_status, headers=error_headers(error), media_type="application/json"
+    )
 
 
 class HttpError(MhaserveError):
@@ -108,6 +119,8 @@ async def embed_until_disconnected(models: Models, request: Request, embed_reque
                 return
 
     watcher = asyncio.create_task(watch())
+    if (reservation := request.scope.get(RESERVATION)) is not None:
+        reservation.release()  # the engine counts the request from its first step, with no await between
     try:
         return await models.embed(embed_request, is_disconnected=gone.is_set)
     finally:
@@ -165,16 +178,46 @@ def data_route(path: str) -> DataRoute | None:
     return DataRoute(template, kserve_texts, model=match.group(1))
 
 
+RESERVATION = "mhaserve.reservation"  # scope key: the request's Reservation, until the engine takes it
+
+
+def admit_at_edge(models: Models, route: DataRoute, body: bytes) -> Overloaded | Reservation | None:
+    """The edge's decision on a data route's request, made without validation: a refusal when it
+    cannot fit in its model's queue, else a reservation of its least possible tokens. None when
+    the full path must decide: a body it cannot read, an unknown model, a model not loaded yet.
+    What is let through is decided exactly by the engine."""
+    if route.model is not None and route.model not in models.engines:
+        return None  # the full path answers the 404
+    if models.clearly_full(route.model):
+        return models.engine(route.model).at_capacity()
+    try:
+        parsed = orjson.loads(body)
+        texts = route.texts(parsed)
+        name = route.model or (parsed.get(route.model_field) if route.model_field else None)
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+        return None  # the full path says what is wrong with it
+    texts = [texts] if isinstance(texts, str) else texts
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        return None
+    if name is not None and (not isinstance(name, str) or name not in models.engines):
+        return None  # the full path answers the 404 or 422
+    engine = models.engine(name)
+    if engine.admission is None:
+        return None  # loading: the full path answers the 503
+    estimate = engine.estimate_tokens(texts)
+    if engine.clearly_full(estimate):
+        return engine.at_capacity()
+    return engine.admission.reserve(estimate)
+
+
 class Intake:
     """Reads a request body within its limit, and refuses at once what the queue cannot take.
 
     A body over the limit is refused by Content-Length before its first byte, else as soon as
-    the running total passes it. When the queue has no room even for the smallest request, a
-    data route's request is refused without parsing anything; when the queue is more than half
-    full, its texts are peeked at (orjson, no validation) and the request is refused if their
-    least possible token count cannot fit. Either way it costs no routing, no validation and no
-    tokenizer, so refusing keeps up with any flood. Whatever might fit takes the full path, where
-    the engine decides exactly. The app then gets the body replayed.
+    the running total passes it. A data route's request that the protocol did not decide on
+    (see protocol.GuardedH11Protocol) is decided here by `admit_at_edge`: refused when it cannot
+    fit, at no cost of routing, validation or tokenizer, else let through with its reservation.
+    The app then gets the body replayed.
     """
 
     def __init__(self, app: ASGIApp, limit: int, models: Models):
@@ -183,6 +226,13 @@ class Intake:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
+        try:
+            await self._intake(scope, receive, send)
+        finally:
+            if (reservation := scope.get(RESERVATION)) is not None:
+                reservation.release()  # the request ended before its engine took it over
+
+    async def _intake(self, scope: Scope, receive: Receive, send: Send) -> None:
         too_large = PayloadTooLarge(
             f"request body is over the {self.limit:,}-byte limit: send fewer or shorter inputs "
             "(the server's max_request_bytes setting)"
@@ -204,9 +254,13 @@ class Intake:
                 break
         body = b"".join(chunks)
         route = data_route(scope["path"]) if scope["method"] == "POST" else None
-        if route is not None and (refusal := self._no_room_for(route, body)) is not None:
-            scope["route"] = route  # the metrics label
-            return await self._refuse(refusal, scope, send)
+        if route is not None and RESERVATION not in scope:  # not decided at the protocol already
+            decision = admit_at_edge(self.models, route, body)
+            if isinstance(decision, Overloaded):
+                scope["route"] = route  # the metrics label
+                return await self._refuse(decision, scope, send)
+            if decision is not None:
+                scope[RESERVATION] = decision
         delivered = False
 
         async def replay() -> Message:
@@ -217,31 +271,6 @@ class Intake:
             return await receive()  # after the body: wait for the disconnect
 
         await self.app(scope, replay, send)
-
-    def _no_room_for(self, route: DataRoute, body: bytes) -> Overloaded | None:
-        models = self.models
-        if route.model is not None and route.model not in models.engines:
-            return None  # the full path answers the 404
-        if models.clearly_full(route.model):
-            return models.engine(route.model).at_capacity()
-        candidates = [models.engine(route.model)] if route.model else models.engines.values()
-        if not any(engine.half_full() for engine in candidates):
-            return None
-        try:
-            parsed = orjson.loads(body)
-            texts = route.texts(parsed)
-            name = route.model or (parsed.get(route.model_field) if route.model_field else None)
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
-            return None  # the full path says what is wrong with it
-        texts = [texts] if isinstance(texts, str) else texts
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            return None
-        if name is not None and (not isinstance(name, str) or name not in models.engines):
-            return None  # the full path answers the 404 or 422
-        engine = models.engine(name)
-        if engine.admission is not None and engine.clearly_full(engine.estimate_tokens(texts)):
-            return engine.at_capacity()
-        return None
 
     async def _refuse(self, error: MhaserveError, scope: Scope, send: Send, close: bool = False) -> None:
         self.models.metrics.observe_error(error)

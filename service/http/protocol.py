@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
+from http import HTTPStatus
+from typing import NamedTuple
 
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.config import Settings
+from service.core.models import Models
+from service.errors import MhaserveError, Overloaded
+from service.http.edge import RESERVATION, DataRoute, admit_at_edge, data_route, error_body, error_headers
 
 log = logging.getLogger("mhaserve")
 
@@ -39,11 +45,17 @@ class GuardedH11Protocol(H11Protocol):
     a client that stops reading its answer keeps a connection, a task and the unsent bytes
     for as long as it likes; here the connection is dropped once writing has been paused
     (the client's socket buffer full) for send_timeout_s.
+
+    And the edge decides on a data route's request here, before h11 parses it: under a flood
+    most requests are refused, each for the price of one write (refuse_at_once), and each let
+    through holds a reservation in its model's queue until the engine takes it.
     """
 
     head_timeout_s = 10.0  # all set per server by http_protocol()
     body_timeout_s = 30.0
     send_timeout_s = 30.0
+    models: Models | None = None  # the edge's decisions at the protocol: see data_received()
+    max_request_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._head_timer: asyncio.TimerHandle | None = None
@@ -53,7 +65,17 @@ class GuardedH11Protocol(H11Protocol):
         self._arm_head_timer()
 
     def data_received(self, data: bytes) -> None:
+        request = self.whole_plain_request(data)
+        decision = None if request is None else admit_at_edge(self.models, request.route, request.body)  # type: ignore[arg-type]
+        if isinstance(decision, Overloaded):
+            return self.refuse_at_once(decision, request)  # type: ignore[arg-type]
+        cycle = self.cycle
         super().data_received(data)
+        if decision is not None:  # the reservation travels with the request it was made for
+            if self.cycle is not cycle:
+                self.cycle.scope[RESERVATION] = decision
+            else:
+                decision.release()  # h11 turned it down (a 400): no request reaches the app
         if self.conn.their_state is not h11.IDLE:  # the request head has arrived
             self._head_timer = cancel(self._head_timer)
         if self.conn.their_state is h11.SEND_BODY:  # and its body is still on the way
@@ -61,6 +83,32 @@ class GuardedH11Protocol(H11Protocol):
                 self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_timed_out)
         else:
             self._body_timer = cancel(self._body_timer)
+
+    def whole_plain_request(self, data: bytes) -> PlainRequest | None:
+        """The request in `data`, for the edge to decide on before h11 sees it: only a whole,
+        plain request (see plain_request) in one chunk on an idle keep-alive connection, and
+        only when the server has models. Anything else takes the full path, where `Intake`
+        decides the same way."""
+        if self.models is None or not data.startswith(b"POST "):
+            return None
+        conn = self.conn
+        if conn.their_state is not h11.IDLE or conn.our_state is not h11.IDLE or conn.trailing_data[0]:
+            return None
+        return plain_request(data, self.config.h11_max_incomplete_event_size, self.max_request_bytes)
+
+    def refuse_at_once(self, refusal: Overloaded, request: PlainRequest) -> None:
+        """Answers the refusal without h11, routing or the app: a flood's refusals cost a split of
+        the request head, an orjson peek at its body and one write. h11 never saw the request,
+        so the connection stays idle for the next one."""
+        started = time.perf_counter()
+        self._unset_keepalive_if_required()
+        self.transport.write(response_bytes(refusal, request.path, self.server_state.default_headers))
+        self.server_state.total_requests += 1
+        metrics = self.models.metrics
+        metrics.observe_error(refusal)
+        metrics.observe_request("http", request.route.path, str(refusal.http_status), time.perf_counter() - started)
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+        self._arm_head_timer()  # waiting for the next request head, as after any response
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -104,21 +152,78 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.abort()  # close() would wait to flush what the client does not read
 
 
+NOT_PLAIN = (b"transfer-encoding", b"expect", b"upgrade", b"connection")  # but Connection: keep-alive is plain
+
+
+class PlainRequest(NamedTuple):
+    route: DataRoute
+    path: str
+    body: bytes
+
+
+def plain_request(data: bytes, max_head_bytes: int, max_body_bytes: int) -> PlainRequest | None:
+    """`data` as exactly one whole HTTP/1.1 POST to a data route, with a Content-Length body and
+    no Transfer-Encoding, Expect, Upgrade or Connection header (but keep-alive); None for
+    anything else, which h11 then reads."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or end > max_head_bytes:
+        return None
+    request_line, *header_lines = data[:end].split(b"\r\n")
+    parts = request_line.split(b" ")
+    if len(parts) != 3 or parts[0] != b"POST" or parts[2] != b"HTTP/1.1":
+        return None
+    raw_path = parts[1].partition(b"?")[0]
+    if not raw_path.isascii() or b"%" in raw_path:
+        return None
+    path = raw_path.decode("ascii")
+    route = data_route(path)
+    if route is None:
+        return None
+    length = None
+    for line in header_lines:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.strip() or line[:1] in b" \t":
+            return None  # obsolete folding, a space before the colon: h11 says what is wrong
+        name, value = name.lower(), value.strip()
+        if name in NOT_PLAIN and not (name == b"connection" and value.lower() == b"keep-alive"):
+            return None
+        if name == b"content-length":
+            if length is not None or not value.isdigit():
+                return None
+            length = int(value)
+    if length is None or length > max_body_bytes or len(data) != end + 4 + length:
+        return None
+    return PlainRequest(route, path, data[end + 4 :])
+
+
+def response_bytes(error: MhaserveError, path: str, default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The error's whole HTTP/1.1 answer, as the app would give it: same status, headers and body."""
+    status = error.http_status
+    body = error_body(error, path)
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}".encode()]
+    lines += [name + b": " + value for name, value in default_headers]
+    lines += [b"content-type: application/json", b"content-length: " + str(len(body)).encode()]
+    lines += [f"{name.lower()}: {value}".encode("latin-1") for name, value in error_headers(error).items()]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
 def cancel(timer: asyncio.TimerHandle | None) -> None:
     if timer is not None:
         timer.cancel()
 
 
-def http_protocol(settings: Settings) -> type[H11Protocol]:
-    timeouts = {
+def http_protocol(settings: Settings, models: Models | None = None) -> type[H11Protocol]:
+    per_server = {
         "head_timeout_s": settings.http_header_timeout_s,
         "body_timeout_s": settings.http_body_timeout_s,
         "send_timeout_s": settings.http_send_timeout_s,
+        "models": models,
+        "max_request_bytes": settings.max_request_bytes,
     }
-    return type("GuardedH11Protocol", (GuardedH11Protocol,), timeouts)
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), per_server)
 
 
-def http_config(app: object, settings: Settings) -> uvicorn.Config:
+def http_config(app: object, settings: Settings, models: Models | None = None) -> uvicorn.Config:
     tls = {}
     if settings.tls_cert is not None:
         tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
@@ -129,7 +234,7 @@ def http_config(app: object, settings: Settings) -> uvicorn.Config:
         log_config=None,
         access_log=False,
         lifespan="off",
-        http=http_protocol(settings),
+        http=http_protocol(settings, models),
         timeout_keep_alive=settings.http_keepalive_timeout_s,  # type: ignore[arg-type]
         limit_concurrency=settings.http_max_connections,
         h11_max_incomplete_event_size=settings.http_max_header_bytes,

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from service.core.batcher import Batcher, Job, Sequence
+from service.core.batcher import WAKEUPS_PER_TURN, Batcher, Job, Sequence
 
 BATCH_S = 0.2
 
@@ -147,3 +147,29 @@ def test_abandoned_sequences_are_dropped_before_they_are_computed():
     assert result == ["kept"] and computed == ["kept"]
     assert "disconnected" in str(gone_error) and "deadline" in str(expired_error)
     assert sorted(drops) == ["Cancelled", "DeadlineExceeded"]
+
+
+def test_a_batch_s_answers_go_out_in_turns_so_the_loop_reads_its_sockets_between():
+    """64 answers at once would wake 64 tasks in one pass of the loop, ahead of every socket."""
+
+    async def scenario():
+        batcher = Batcher("test", SlowRuntime(), max_batch_size=64, max_batch_tokens=10**6, max_wait_ms=0)
+        batcher.start()
+        jobs = [await submit(batcher, [f"text {i}"]) for i in range(64)]
+        delivered_when_ticked: list[int] = []
+
+        async def ticker():  # stands for the loop's I/O: one callback per pass
+            while not all(job.future.done() for job in jobs):
+                delivered_when_ticked.append(sum(job.future.done() for job in jobs))
+                await asyncio.sleep(0)
+
+        tick = asyncio.create_task(ticker())
+        await asyncio.gather(*(job.future for job in jobs))
+        await tick
+        await batcher.stop()
+        return delivered_when_ticked
+
+    seen = asyncio.run(scenario())
+    partial = [n for n in seen if 0 < n < 64]
+    assert partial, seen  # the ticker ran while the batch's answers were going out
+    assert all(n % WAKEUPS_PER_TURN == 0 for n in partial), partial
