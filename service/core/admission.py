@@ -181,8 +181,8 @@ class Admission:
         return Reservation(self, tokens)
 
     def refuse_when_full(self, estimate: int) -> None:
-        """Refuses before tokenizing when the queue clearly has no room for this request;
-        `check_room` makes the exact decision for everything let through."""
+        """Refuses before tokenizing when the queue has no room for this request's least size;
+        `check_room` holds what is let through to the queue's memory cap at its exact size."""
         if self.clearly_full(estimate):
             raise self.at_capacity(self.queued_tokens())
 
@@ -193,8 +193,11 @@ class Admission:
                 f"this request holds {tokens:,} tokens, more than the whole queue takes ({limit:,}): "
                 "split it into smaller requests"
             )
+        # the time bound (room) was applied when the request was let in, at its estimated size;
+        # refused now, after it waited for the tokenizer, it would be a late refusal of work the
+        # queue was counting on. Its exact size is held to the queue's memory cap.
         queued = self.queued_tokens()
-        if queued and queued + tokens > self.room():  # an empty queue takes anything up to the limit
+        if queued and queued + tokens > limit:  # an empty queue takes anything up to the limit
             raise self.at_capacity(queued)
 
     def at_capacity(self, queued: int) -> Overloaded:

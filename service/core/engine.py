@@ -20,7 +20,7 @@ from artifact.manifest import ArtifactError
 from artifact.pooling import l2_normalize
 from service.backends.base import Backend
 from service.config import Settings
-from service.core.admission import MIN_REQUEST_TOKENS, Admission
+from service.core.admission import MIN_REQUEST_TOKENS, Admission, Reservation
 from service.core.attention import AttentionPlan
 from service.core.batcher import Batcher, BatchStats, Job, Sequence, lower_thread_priority
 from service.core.health import Health, Status
@@ -180,7 +180,17 @@ class Engine:
         assert self.info is not None
         return self.info
 
-    async def embed(self, request: EmbedRequest, is_disconnected: Callable[[], bool] | None = None) -> EmbedResult:
+    async def embed(
+        self,
+        request: EmbedRequest,
+        is_disconnected: Callable[[], bool] | None = None,
+        reservation: Reservation | None = None,
+    ) -> EmbedResult:
+        """reservation: the room the REST edge took for this request; it stands for the check
+        before tokenizing (the exact check after tokenizing is made either way)."""
+        reserved = reservation is not None and reservation.admission is self.admission
+        if reservation is not None:
+            reservation.release()
         admission = self._admit()
         self._check_dimensions(request.dimensions)
         pooling = admission.check_pooling(request.pooling)
@@ -189,7 +199,8 @@ class Engine:
         plan = admission.resolve_attention(request.attention)
         deadline = time.monotonic() + (request.timeout_s or self.settings.request_timeout_s)
         estimate = admission.estimate_tokens(inputs)
-        admission.refuse_when_full(estimate)
+        if not reserved:
+            admission.refuse_when_full(estimate)
         with admission.in_flight():
             started = time.monotonic()
             with admission.being_tokenized(estimate):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from service.config import Settings
+from service.core.admission import Reservation
 from service.core.engine import Engine
 from service.core.health import Status
 from service.errors import NotFound
@@ -82,8 +83,13 @@ class Models:
     def model_infos(self) -> list[ModelInfo]:
         return [engine.model_info() for engine in self.engines.values()]
 
-    async def embed(self, request: EmbedRequest, is_disconnected: Callable[[], bool] | None = None) -> EmbedResult:
-        return await self.engine(request.model).embed(request, is_disconnected)
+    async def embed(
+        self,
+        request: EmbedRequest,
+        is_disconnected: Callable[[], bool] | None = None,
+        reservation: Reservation | None = None,
+    ) -> EmbedResult:
+        return await self.engine(request.model).embed(request, is_disconnected, reservation)
 
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResult:
         return await self.engine(request.model).tokenize(request)

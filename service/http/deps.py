@@ -1,4 +1,7 @@
-"""Dependencies the routes declare: the served models, and the API-key check."""
+"""Dependencies the routes declare: the served models, and the API-key check.
+
+Both are `async def`: FastAPI runs a plain `def` dependency on its thread pool, a thread hop
+for every request (and, under a flood, a thread waking for the GIL beside the event loop)."""
 
 from __future__ import annotations
 
@@ -10,11 +13,11 @@ from service.auth import ApiKeys
 from service.core.models import Models
 
 
-def get_models(request: Request) -> Models:
+async def get_models(request: Request) -> Models:
     return request.app.state.models
 
 
-def authorized(request: Request) -> None:
+async def authorized(request: Request) -> None:
     """Every data route depends on this; health stays open, /metrics follows its setting."""
     keys: ApiKeys = request.app.state.keys
     keys.check(request.headers.get("authorization"))

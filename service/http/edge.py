@@ -119,10 +119,10 @@ async def embed_until_disconnected(models: Models, request: Request, embed_reque
                 return
 
     watcher = asyncio.create_task(watch())
-    if (reservation := request.scope.get(RESERVATION)) is not None:
-        reservation.release()  # the engine counts the request from its first step, with no await between
     try:
-        return await models.embed(embed_request, is_disconnected=gone.is_set)
+        return await models.embed(
+            embed_request, is_disconnected=gone.is_set, reservation=request.scope.get(RESERVATION)
+        )
     finally:
         watcher.cancel()
 
