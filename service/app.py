@@ -25,6 +25,7 @@ from service.core.models import Models
 from service.grpc.server import create_server
 from service.http.app import create_app
 from service.http.protocol import HttpServer, http_config
+from service.memory import return_memory_after_bursts
 from service.metrics import Metrics
 
 log = logging.getLogger("mhaserve")
@@ -115,7 +116,9 @@ async def serve(settings: Settings) -> None:
         grpc_server.set_serving()
         for info in models.model_infos():
             log.info("ready: %s", info)
+        trimming = asyncio.create_task(return_memory_after_bursts(metrics), name="malloc-trim")
         await stop.wait()
+        trimming.cancel()
     else:
         loading.cancel()
 
