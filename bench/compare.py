@@ -1,6 +1,8 @@
 """Two server configurations side by side, interleaved: which is faster, measured in one run.
 
     python -m bench.compare --a "--inference-workers 1" --b "" [--rounds 4]
+    python -m bench.compare --a-checkout ../old [--rounds 4]     # another commit's worktree
+
 
 Both servers run at once (one idle while the other is measured) and the rounds alternate
 between them, so drift on a shared machine hits both alike. Per configuration: REST and gRPC
@@ -17,24 +19,35 @@ import shlex
 import statistics
 import sys
 import time
+from pathlib import Path
 
 from bench.__main__ import batches_of, grpc_call
 from bench.corpus import corpus, short_sentence
 from bench.loadgen import closed_loop, rest_call
-from bench.server import launch
+from bench.server import REPO, launch
 
 LOADS = (("single sentences, concurrency 64", 1, 64), ("client batches of 32, concurrency 8", 32, 8))
+
+
+def describe(label: str, flags: str, checkout: Path) -> str:
+    where = "" if checkout.resolve() == REPO.resolve() else f" @ {checkout.name}"
+    return f"{label} [{flags or 'defaults'}{where}]"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__)
     parser.add_argument("--a", default="", help="mhaserve serve flags of configuration A, as one string")
     parser.add_argument("--b", default="", help="mhaserve serve flags of configuration B, as one string")
+    parser.add_argument("--a-checkout", type=Path, default=REPO, help="source tree of A (e.g. a git worktree)")
+    parser.add_argument("--b-checkout", type=Path, default=REPO, help="source tree of B")
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     texts = corpus(500, 60)
-    configs = {f"A [{args.a or 'defaults'}]": args.a, f"B [{args.b or 'defaults'}]": args.b}
-    servers = {name: launch(*shlex.split(flags)) for name, flags in configs.items()}
+    configs = {
+        describe("A", args.a, args.a_checkout): (args.a, args.a_checkout),
+        describe("B", args.b, args.b_checkout): (args.b, args.b_checkout),
+    }
+    servers = {name: launch(*shlex.split(flags), checkout=tree) for name, (flags, tree) in configs.items()}
     figures: dict[tuple[str, str], list[float]] = {}
     try:
         for round_ in range(args.rounds):
