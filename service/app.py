@@ -29,7 +29,7 @@ from service.memory import return_memory_after_bursts
 from service.metrics import Metrics
 
 log = logging.getLogger("mhaserve")
-GC_YOUNG_THRESHOLD = 20_000  # allocations between collections of the youngest generation
+GC_THRESHOLDS = (50_000, 20, 100)  # allocations per young collection; young per middle; middle per full
 
 
 def model_name(model_dir: Path) -> str:
@@ -109,10 +109,11 @@ async def serve(settings: Settings) -> None:
         # loop for a fraction of the time
         gc.collect()
         gc.freeze()
-        # under load every request in flight is young for seconds: at the default threshold (700
-        # allocations) the collector runs hundreds of times a second and walks them all again and
-        # again, each pass a pause of every request and refusal (docs/reliability.md)
-        gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+        # under load every request in flight lives for seconds: at the default thresholds (700,
+        # 10, 10) the collector runs hundreds of times a second and its older generations walk
+        # them all again and again, each pass a pause of every request and refusal; cycles are
+        # rare here, and refcounting frees the rest (docs/reliability.md)
+        gc.set_threshold(*GC_THRESHOLDS)
         grpc_server.set_serving()
         for info in models.model_infos():
             log.info("ready: %s", info)
