@@ -95,14 +95,16 @@ def test_a_short_3x_burst_is_answered_correctly_or_refused_at_once(reference):
     summary.record()
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
+GRPC_GOODPUT_MISS = pytest.mark.xfail(
     strict=False,
-    reason="promise 2 is not yet kept at the default settings on 2 cores shared with the load generator: "
-    "answered 0.79-0.86 of capacity, refusal p99 25-350 ms, RSS +15-18 % (docs/reliability.md, Measured); "
+    reason="gRPC answered 0.81-0.87 of capacity at 3x on 2 cores shared with the load generator: grpc-python "
+    "costs ~400-500 us of server CPU per refusal and its client 0.36 cores of the 2 (docs/reliability.md, Measured); "
     "the row is recorded either way",
 )
-@pytest.mark.parametrize("transport", ["rest", "grpc"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("transport", ["rest", pytest.param("grpc", marks=GRPC_GOODPUT_MISS)])
 def test_a_60_second_3x_burst_keeps_goodput_fast_refusals_and_bounded_memory(reference, transport):
     server = overloaded_server()
     pid = server.process.pid

@@ -27,5 +27,5 @@ async def ready(models: ModelsDep) -> Response:
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 async def metrics(request: Request, models: ModelsDep) -> Response:
     if models.settings.metrics_require_key:
-        authorized(request)
+        await authorized(request)
     return Response(models.metrics.exposition(), media_type=models.metrics.content_type)
