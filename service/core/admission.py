@@ -22,6 +22,7 @@ from service.types import AttentionSelection
 
 MIN_REQUEST_TOKENS = 3  # the smallest request: one input of one token, with [CLS] and [SEP]
 RATE_WINDOW_S = 2.0  # the drain rate is measured over this much of the latest saturated time
+ESTIMATE_SMOOTHING = 0.05  # weight of each tokenized request in tokens_per_estimated
 
 
 def estimate_tokens(texts: list[str] | tuple[str, ...], max_len: int) -> int:
@@ -168,7 +169,7 @@ class Admission:
 
     def observe_tokens(self, estimate: int, tokens: int) -> None:
         if estimate > 0:
-            self.tokens_per_estimated += 0.05 * (tokens / estimate - self.tokens_per_estimated)
+            self.tokens_per_estimated += ESTIMATE_SMOOTHING * (tokens / estimate - self.tokens_per_estimated)
 
     def reserve(self, estimate: int) -> Reservation:
         """Counts a request the edge let through against the room until the engine counts it.
@@ -264,7 +265,7 @@ def positions(rows: tuple[int, ...] | None) -> tuple[int, ...] | None:
 
 
 class Reservation:
-    """A request's least possible tokens, held against the room from the edge to the engine."""
+    """A request's expected tokens, held against the room from the edge to the engine."""
 
     def __init__(self, admission: Admission, tokens: int):
         self.admission: Admission | None = admission

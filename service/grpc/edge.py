@@ -88,8 +88,7 @@ class Edge:
             raise self.models.default.at_capacity()
 
     async def abort(self, context: Context, error: MhaserveError) -> None:
-        self.metrics.observe_error(error)
-        context.set_trailing_metadata(((ERROR_TYPE_METADATA, error.type),))
+        self.fail(context, error)
         await context.abort(error.grpc_code, error.message)
 
     def fail(self, context: Context, error: MhaserveError) -> None:

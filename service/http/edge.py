@@ -182,10 +182,10 @@ RESERVATION = "mhaserve.reservation"  # scope key: the request's Reservation, un
 
 
 def admit_at_edge(models: Models, route: DataRoute, body: bytes) -> Overloaded | Reservation | None:
-    """The edge's decision on a data route's request, made without validation: a refusal when it
-    cannot fit in its model's queue, else a reservation of its least possible tokens. None when
-    the full path must decide: a body it cannot read, an unknown model, a model not loaded yet.
-    What is let through is decided exactly by the engine."""
+    """The edge's decision on a data route's request, made without validation: a refusal when its
+    least possible tokens cannot fit in its model's queue, else a reservation of its expected
+    tokens (Admission.reserve). None when the full path must decide: a body it cannot read, an
+    unknown model, a model not loaded yet."""
     if route.model is not None and route.model not in models.engines:
         return None  # the full path answers the 404
     if models.clearly_full(route.model):
