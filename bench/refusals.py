@@ -4,7 +4,9 @@ A server whose queue is full and stays full: one request waits for company for t
 (`--batch-wait always`), and the queue holds exactly its tokens, so every later request is
 refused and no inference runs. The server process's CPU time (every thread, user + system,
 from /proc) over N refusals, divided by N, is what one refusal costs it; the load generator's
-own CPU is reported beside it, since both share the machine's cores.
+own CPU is reported beside it, since both share the machine's cores. gRPC is measured twice:
+with grpcio's client, and with RawGrpc (the flood's load generator), which sends each call as
+one write and no flow-control pings, so the server's cost per refusal differs between them.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import grpc
 import httpx
 
 from bench.loadgen import RawHttp
+from bench.rawgrpc import RawGrpc
 from bench.server import ServerProcess, launch
 from protos.mhaserve.v1 import encoder_pb2, encoder_pb2_grpc
 
 BLOCKER = "a request that waits in the queue for company while everything after it is refused"
 REFUSED = "the man is playing a guitar"
 CONCURRENCY = 16
+GRPC_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -72,8 +76,26 @@ async def refuse_grpc(server: ServerProcess, n: int) -> list[str]:
     return codes
 
 
+async def refuse_raw_grpc(server: ServerProcess, n: int) -> list[str]:
+    client = RawGrpc("127.0.0.1", server.grpc_port, timeout_s=30, patience_s=60)
+    message = encoder_pb2.EmbedRequest(inputs=[REFUSED]).SerializeToString()
+    codes: list[str] = []
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            reply = await client.unary("/mhaserve.v1.Encoder/Embed", message)
+            codes.append(GRPC_NAMES.get(reply.code, str(reply.code)))
+
+    await asyncio.gather(*(worker(n // CONCURRENCY) for _ in range(CONCURRENCY)))
+    await client.close()
+    return codes
+
+
+CLIENTS = {"REST": refuse_rest, "gRPC": refuse_grpc, "gRPC raw": refuse_raw_grpc}
+
+
 def measure(server: ServerProcess, transport: str, n: int) -> dict:
-    run = refuse_rest if transport == "REST" else refuse_grpc
+    run = CLIENTS[transport]
     asyncio.run(run(server, 200))  # warm: connections, code paths
     server_before, client_before, started = cpu_seconds(server.process.pid), own_cpu_seconds(), time.monotonic()
     outcomes = asyncio.run(run(server, n))
@@ -108,7 +130,7 @@ def main() -> None:
             waiting = asyncio.create_task(blocker.post("/v1/embed", json={"inputs": [BLOCKER]}))
             await asyncio.sleep(1.0)
             loop = asyncio.get_running_loop()
-            rows = [await loop.run_in_executor(None, measure, server, t, args.requests) for t in ("REST", "gRPC")]
+            rows = [await loop.run_in_executor(None, measure, server, t, args.requests) for t in CLIENTS]
             waiting.cancel()
             return rows
 
@@ -118,7 +140,7 @@ def main() -> None:
     for row in rows:
         assert row["refused"] == row["requests"], row  # every request was refused: nothing else was measured
         print(
-            f"{row['transport']:5}  server CPU {row['server_cpu_us_per_refusal']:6.1f} µs/refusal   "
+            f"{row['transport']:8}  server CPU {row['server_cpu_us_per_refusal']:6.1f} µs/refusal   "
             f"load generator {row['client_cpu_us_per_refusal']:6.1f} µs/refusal   "
             f"{row['refusals_per_s']:7.0f} refusals/s"
         )

@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 
 from artifact.pooling import l2_normalize, mean_pool, pad_batch
+from bench.rawgrpc import RawGrpc
 from protos.mhaserve.v1 import encoder_pb2 as pb
 from tests.support.decode import decode_float32
 from tests.support.http import RawHttp
@@ -70,14 +71,25 @@ class Outcome:
     sent_at: float = 0.0  # time.monotonic() when it was sent
 
 
-class Senders:
-    """One embed call per transport, each returning an Outcome; never raises."""
+GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
+EMBED = "/mhaserve.v1.Encoder/Embed"
 
-    def __init__(self, server: ServerProcess, *, patience_s: float, grpc_timeout_s: float):
+
+class Senders:
+    """One embed call per transport, each returning an Outcome; never raises.
+
+    gRPC goes through grpcio's generated-stub machinery, or with raw_grpc through RawGrpc, a
+    minimal HTTP/2 client: a flood's load generator shares the server's cores, and grpcio's
+    client would take 0.4 of them (RawHttp stands in for httpx for the same reason)."""
+
+    def __init__(self, server: ServerProcess, *, patience_s: float, grpc_timeout_s: float, raw_grpc: bool = False):
         self.http = RawHttp("127.0.0.1", server.http_port, patience_s)
+        self.raw_grpc = None
+        if raw_grpc:
+            self.raw_grpc = RawGrpc("127.0.0.1", server.grpc_port, timeout_s=grpc_timeout_s, patience_s=patience_s)
         self.channel = grpc.aio.insecure_channel(server.grpc_target)
         self.embed_rpc = self.channel.unary_unary(
-            "/mhaserve.v1.Encoder/Embed",
+            EMBED,
             request_serializer=pb.EmbedRequest.SerializeToString,
             response_deserializer=pb.EmbedResponse.FromString,
         )
@@ -86,6 +98,8 @@ class Senders:
     async def close(self) -> None:
         await self.http.close()
         await self.channel.close()
+        if self.raw_grpc is not None:
+            await self.raw_grpc.close()
 
     async def send(self, index: int, transport: str, text: str) -> Outcome:
         sent_at, started = time.monotonic(), time.perf_counter()
@@ -110,6 +124,13 @@ class Senders:
         return "200", decode_float32(data), ""
 
     async def _grpc(self, text: str) -> tuple[str, np.ndarray | None, str]:
+        if self.raw_grpc is not None:
+            reply = await self.raw_grpc.unary(EMBED, pb.EmbedRequest(inputs=[text]).SerializeToString())
+            if reply.code != 0:
+                code = GRPC_CODES[reply.code]
+                return GRPC_AS_HTTP.get(code, code.name), None, reply.message
+            answer = pb.EmbedResponse.FromString(reply.payload)
+            return "200", np.asarray(answer.embeddings[0].values, dtype=np.float32), ""
         try:
             answer = await self.embed_rpc(pb.EmbedRequest(inputs=[text]), timeout=self.grpc_timeout_s)
         except grpc.aio.AioRpcError as exc:

@@ -111,7 +111,7 @@ def test_a_60_second_3x_burst_keeps_goodput_fast_refusals_and_bounded_memory(ref
     try:
 
         async def burst():
-            senders = Senders(server, patience_s=DEADLINE_S + 20, grpc_timeout_s=DEADLINE_S)
+            senders = Senders(server, patience_s=DEADLINE_S + 20, grpc_timeout_s=DEADLINE_S, raw_grpc=True)
             try:
                 await closed_loop(senders, 32, 3, transports=(transport,))  # warm: allocator, caches, connections
                 capacity = await measure_capacity(senders, 10, transports=(transport,))
