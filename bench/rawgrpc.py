@@ -24,6 +24,7 @@ END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
 SETTINGS_ENABLE_PUSH, SETTINGS_INITIAL_WINDOW_SIZE = 0x2, 0x4
 DEFAULT_WINDOW = 65535
 MAX_WINDOW = 2**31 - 1
+MAX_MESSAGE = 16384 - 5  # one DATA frame at HTTP/2's smallest maximum frame size, less the gRPC prefix
 
 
 @dataclass
@@ -261,6 +262,9 @@ class RawGrpc:
                 connection.give_up_older_than(time.monotonic() - self.patience_s)
 
     async def unary(self, path: str, message: bytes) -> Reply:
+        if len(message) > MAX_MESSAGE:
+            size = len(message)
+            raise ValueError(f"RawGrpc sends a message in one DATA frame: at most {MAX_MESSAGE} bytes, not {size}")
         for attempt in (1, 2):
             connection = await self._connected()
             future = asyncio.get_running_loop().create_future()

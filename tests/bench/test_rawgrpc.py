@@ -53,6 +53,15 @@ def test_an_error_keeps_its_code_its_message_and_the_error_type_trailer(server):
     assert reply.payload is None
 
 
+def test_a_message_over_one_frame_is_refused_before_sending():
+    async def too_big():
+        client = RawGrpc("127.0.0.1", 1, timeout_s=1, patience_s=1)  # nothing listens: nothing may be sent
+        with pytest.raises(ValueError, match="one DATA frame"):
+            await client.unary(EMBED, b"x" * 20_000)
+
+    asyncio.run(too_big())
+
+
 def test_an_unknown_method_is_unimplemented(server):
     reply = call(server, "/mhaserve.v1.Encoder/NoSuchMethod", b"")
     assert reply.code == grpc.StatusCode.UNIMPLEMENTED.value[0]
