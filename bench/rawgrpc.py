@@ -16,6 +16,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 
+import grpc
 import hpack
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -33,6 +34,13 @@ class Reply:
     message: str  # grpc-message, decoded
     payload: bytes | None  # the response message's bytes (OK only)
     trailers: dict[str, str]
+
+    @property
+    def status(self) -> grpc.StatusCode:
+        return STATUS_CODES[self.code]
+
+
+STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class NotProcessed(ConnectionError):

@@ -17,6 +17,7 @@ import json
 import os
 import resource
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -30,7 +31,6 @@ from protos.mhaserve.v1 import encoder_pb2, encoder_pb2_grpc
 BLOCKER = "a request that waits in the queue for company while everything after it is refused"
 REFUSED = "the man is playing a guitar"
 CONCURRENCY = 16
-GRPC_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -44,51 +44,57 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def refuse_rest(server: ServerProcess, n: int) -> list[int]:
-    client = RawHttp("127.0.0.1", server.http_port)
-    statuses: list[int] = []
+async def refusals(call: Callable[[], Awaitable[int | str]], n: int) -> list[int | str]:
+    """n calls from CONCURRENCY callers, one after another each; what each call answered."""
+    outcomes: list[int | str] = []
 
-    async def worker(count: int) -> None:
+    async def caller(count: int) -> None:
         for _ in range(count):
-            status, _, _ = await client.post("/v1/embed", {"inputs": [REFUSED]})
-            statuses.append(status)
+            outcomes.append(await call())
 
-    await asyncio.gather(*(worker(n // CONCURRENCY) for _ in range(CONCURRENCY)))
-    await client.close()
-    return statuses
+    await asyncio.gather(*(caller(n // CONCURRENCY) for _ in range(CONCURRENCY)))
+    return outcomes
 
 
-async def refuse_grpc(server: ServerProcess, n: int) -> list[str]:
-    codes: list[str] = []
+async def refuse_rest(server: ServerProcess, n: int) -> list[int | str]:
+    client = RawHttp("127.0.0.1", server.http_port)
+
+    async def call() -> int:
+        status, _, _ = await client.post("/v1/embed", {"inputs": [REFUSED]})
+        return status
+
+    try:
+        return await refusals(call, n)
+    finally:
+        await client.close()
+
+
+async def refuse_grpc(server: ServerProcess, n: int) -> list[int | str]:
     async with grpc.aio.insecure_channel(server.grpc_target) as channel:
         stub = encoder_pb2_grpc.EncoderStub(channel)
         request = encoder_pb2.EmbedRequest(inputs=[REFUSED])
 
-        async def worker(count: int) -> None:
-            for _ in range(count):
-                try:
-                    await stub.Embed(request, timeout=30)
-                    codes.append("OK")
-                except grpc.aio.AioRpcError as error:
-                    codes.append(error.code().name)
+        async def call() -> str:
+            try:
+                await stub.Embed(request, timeout=30)
+                return "OK"
+            except grpc.aio.AioRpcError as error:
+                return error.code().name
 
-        await asyncio.gather(*(worker(n // CONCURRENCY) for _ in range(CONCURRENCY)))
-    return codes
+        return await refusals(call, n)
 
 
-async def refuse_raw_grpc(server: ServerProcess, n: int) -> list[str]:
+async def refuse_raw_grpc(server: ServerProcess, n: int) -> list[int | str]:
     client = RawGrpc("127.0.0.1", server.grpc_port, timeout_s=30, patience_s=60)
     message = encoder_pb2.EmbedRequest(inputs=[REFUSED]).SerializeToString()
-    codes: list[str] = []
 
-    async def worker(count: int) -> None:
-        for _ in range(count):
-            reply = await client.unary("/mhaserve.v1.Encoder/Embed", message)
-            codes.append(GRPC_NAMES.get(reply.code, str(reply.code)))
+    async def call() -> str:
+        return (await client.unary("/mhaserve.v1.Encoder/Embed", message)).status.name
 
-    await asyncio.gather(*(worker(n // CONCURRENCY) for _ in range(CONCURRENCY)))
-    await client.close()
-    return codes
+    try:
+        return await refusals(call, n)
+    finally:
+        await client.close()
 
 
 CLIENTS = {"REST": refuse_rest, "gRPC": refuse_grpc, "gRPC raw": refuse_raw_grpc}

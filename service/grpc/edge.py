@@ -111,7 +111,7 @@ class Edge:
             except MhaserveError as error:
                 code = error.grpc_code.name
                 self.fail(context, error)
-                return None  # grpc sends the status set, and no message
+                return None  # grpc sends the status set (after an empty message, which clients ignore)
             except asyncio.CancelledError:
                 code = "CANCELLED"  # the client went away, or its deadline passed
                 raise

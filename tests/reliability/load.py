@@ -71,7 +71,6 @@ class Outcome:
     sent_at: float = 0.0  # time.monotonic() when it was sent
 
 
-GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 EMBED = "/mhaserve.v1.Encoder/Embed"
 
 
@@ -126,9 +125,8 @@ class Senders:
     async def _grpc(self, text: str) -> tuple[str, np.ndarray | None, str]:
         if self.raw_grpc is not None:
             reply = await self.raw_grpc.unary(EMBED, pb.EmbedRequest(inputs=[text]).SerializeToString())
-            if reply.code != 0:
-                code = GRPC_CODES[reply.code]
-                return GRPC_AS_HTTP.get(code, code.name), None, reply.message
+            if reply.status is not grpc.StatusCode.OK:
+                return GRPC_AS_HTTP.get(reply.status, reply.status.name), None, reply.message
             answer = pb.EmbedResponse.FromString(reply.payload)
             return "200", np.asarray(answer.embeddings[0].values, dtype=np.float32), ""
         try:
