@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -71,6 +73,18 @@ class Metrics:
         self.inflight = Gauge(
             "mhaserve_inflight_requests", "Requests being served now, by model", ["model"], registry=r
         )
+        self.reserved_tokens = Gauge(
+            "mhaserve_reserved_tokens",
+            "Tokens held against the queue's room by requests let in but not yet taken over by the engine",
+            ["model"],
+            registry=r,
+        )
+        self.reservations = Gauge(
+            "mhaserve_reservations",
+            "Requests holding reserved tokens (see mhaserve_reserved_tokens)",
+            ["model"],
+            registry=r,
+        )
         self.tokens = Counter(
             "mhaserve_tokens", "Tokens embedded (special tokens included), by model", ["model"], registry=r
         )
@@ -120,5 +134,12 @@ class ModelMetrics:
         self.padding_ratio = metrics.padding_ratio.labels(model)
         self.queue_depth = metrics.queue_depth.labels(model)
         self.inflight = metrics.inflight.labels(model)
+        self.reserved_tokens = metrics.reserved_tokens.labels(model)
+        self.reservations = metrics.reservations.labels(model)
         self.tokens = metrics.tokens.labels(model)
         self.dropped = {reason: metrics.dropped.labels(model, reason) for reason in DROP_REASONS}
+
+    def watch_reservations(self, tokens: Callable[[], float], held: Callable[[], float]) -> None:
+        """The reserved-tokens gauges read the accounting at each scrape, so it can be checked."""
+        self.reserved_tokens.set_function(tokens)
+        self.reservations.set_function(held)

@@ -20,12 +20,13 @@ from artifact.manifest import ArtifactError
 from artifact.pooling import l2_normalize
 from service.backends.base import Backend
 from service.config import Settings
-from service.core.admission import MIN_REQUEST_TOKENS, Admission, Reservation
 from service.core.attention import AttentionPlan
 from service.core.batcher import Batcher, BatchStats, Job, Sequence, lower_thread_priority
+from service.core.capacity import UNHELD, Capacity, Ticket
 from service.core.health import Health, Status
 from service.core.postprocess import SequenceOptions, SequenceResult, batch_inputs, split_batch
 from service.core.tokenization import TokenizerWorker, to_tokens
+from service.core.validation import Validation
 from service.errors import DeadlineExceeded, InvalidRequest, MhaserveError, NotReady, Overloaded
 from service.metrics import Metrics
 from service.types import EmbedRequest, EmbedResult, ModelInfo, Timings, TokenizeRequest, TokenizeResult
@@ -70,7 +71,8 @@ class Engine:
         self._load_backend = load_backend
         self.backend: Backend | None = None
         self.info: ModelInfo | None = None
-        self.admission: Admission | None = None
+        self.capacity: Capacity | None = None
+        self.validation: Validation | None = None
         self._batchers: dict[str, Batcher] = {}
         self._tokenizer: TokenizerWorker | None = None
 
@@ -82,7 +84,18 @@ class Engine:
 
     @property
     def status(self) -> Status:
-        return self.health.status
+        status = self.health.status
+        if status is Status.READY and self.capacity is not None and self.capacity.stuck():
+            return Status.STUCK
+        return status
+
+    @property
+    def status_reason(self) -> str | None:
+        """Why the status is not ready, where more can be said than its name."""
+        if self.status is Status.STUCK:
+            assert self.capacity is not None
+            return self.capacity.stuck_reason()
+        return None
 
     @property
     def draining(self) -> bool:
@@ -90,7 +103,7 @@ class Engine:
 
     @property
     def inflight(self) -> int:
-        return self.admission.inflight if self.admission else 0
+        return self.capacity.inflight if self.capacity else 0
 
     async def start(self) -> None:
         """Load the backend (verifying its artifact), warm up; only then is the engine ready."""
@@ -115,7 +128,10 @@ class Engine:
             graph=placement.graph,
         )
         self.metrics.model_info.labels(spec.name, spec.version, placement.provider, placement.precision).set(1)
-        self.admission = Admission(self.settings, spec, self._queued_tokens, self.m.inflight.set)
+        self.capacity = Capacity(self.settings, spec.max_len, self._queued_tokens, self.m.inflight.set)
+        self.validation = Validation(self.settings, spec)
+        capacity = self.capacity
+        self.m.watch_reservations(lambda: capacity.reserved_tokens, lambda: capacity.tickets)
         self._tokenizer = TokenizerWorker(backend.tokenizer)
         s = self.settings
 
@@ -162,9 +178,9 @@ class Engine:
 
     async def stop(self, grace_s: float) -> None:
         self.begin_drain()
-        if self.admission is not None:
+        if self.capacity is not None:
             try:
-                await asyncio.wait_for(self.admission.idle.wait(), grace_s)
+                await asyncio.wait_for(self.capacity.idle.wait(), grace_s)
             except TimeoutError:
                 log.warning("%d requests still in flight after the %.0f s grace period", self.inflight, grace_s)
         for batcher in self._batchers.values():
@@ -180,37 +196,42 @@ class Engine:
         assert self.info is not None
         return self.info
 
+    def try_admit(self, texts: list[str] | tuple[str, ...]) -> Ticket | Overloaded:
+        """The edges' decision before a request is validated: a ticket that holds its expected
+        tokens against the queue's room until `embed` takes it over, or the refusal. While loading
+        or draining the ticket holds nothing: `embed` answers the 503."""
+        if self.capacity is None or self.draining:
+            return UNHELD
+        return self.capacity.try_admit(self.capacity.estimate_tokens(texts))
+
     async def embed(
-        self,
-        request: EmbedRequest,
-        is_disconnected: Callable[[], bool] | None = None,
-        reservation: Reservation | None = None,
+        self, request: EmbedRequest, is_disconnected: Callable[[], bool] | None = None, ticket: Ticket | None = None
     ) -> EmbedResult:
-        """reservation: the room the REST edge took for this request; it stands for the check
-        before tokenizing (the exact check after tokenizing is made either way)."""
-        reserved = reservation is not None and reservation.admission is self.admission
-        if reservation is not None:
-            reservation.release()
-        admission = self._admit()
-        self._check_dimensions(request.dimensions)
-        pooling = admission.check_pooling(request.pooling)
-        admission.check_inputs(request.inputs)
-        inputs = admission.with_prompt(request.inputs, request.prompt_name)
-        plan = admission.resolve_attention(request.attention)
+        """ticket: what the edge's try_admit gave; without one the engine decides here, the same way
+        (the exact check after tokenizing is made either way)."""
+        admitted = ticket is not None and self.capacity is not None and ticket.held_for(self.capacity)
+        if ticket is not None:
+            ticket.release()  # taken over: from here the request is counted as being tokenized
+        capacity, validation = self._admit()
+        validation.check_dimensions(request.dimensions)
+        pooling = validation.check_pooling(request.pooling)
+        validation.check_inputs(request.inputs)
+        inputs = validation.with_prompt(request.inputs, request.prompt_name)
+        plan = validation.resolve_attention(request.attention)
         deadline = time.monotonic() + (request.timeout_s or self.settings.request_timeout_s)
-        estimate = admission.estimate_tokens(inputs)
-        if not reserved:
-            admission.refuse_when_full(estimate)
-        with admission.in_flight():
+        estimate = capacity.estimate_tokens(inputs)
+        if not admitted and capacity.clearly_full(estimate):
+            raise capacity.refusal()
+        with capacity.in_flight():
             started = time.monotonic()
-            with admission.being_tokenized(estimate):
+            with capacity.being_tokenized(estimate):
                 encodings = await self._encode(inputs, request.truncate)
             tokenize_s = time.monotonic() - started
             lengths = [len(e.ids) for e in encodings]
-            admission.observe_tokens(estimate, sum(lengths))
+            capacity.observe_tokens(estimate, sum(lengths))
             if plan is not None:
-                admission.check_attention_rows(plan, lengths)
-                admission.check_attention_values(plan, lengths)
+                validation.check_attention_rows(plan, lengths)
+                validation.check_attention_values(plan, lengths)
             job = Job(len(encodings), deadline, is_disconnected)
             options = dict(
                 pooling=pooling, normalize=request.normalize, token_embeddings=request.return_token_embeddings
@@ -219,7 +240,7 @@ class Engine:
                 Sequence(job, i, lengths[i], SequenceOptions(e.ids, attention=plan, **options))
                 for i, e in enumerate(encodings)
             ]
-            admission.check_room(sum(lengths))
+            capacity.check_room(sum(lengths))
             self._batchers[ATTENTION if request.attention is not None else FAST].submit(sequences)
             results: list[SequenceResult] = await self._wait(job, deadline)
             self.m.tokens.inc(sum(lengths))
@@ -239,53 +260,33 @@ class Engine:
             )
 
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResult:
-        admission = self._admit()
-        admission.check_inputs(request.inputs)
-        with admission.in_flight():
+        capacity, validation = self._admit()
+        validation.check_inputs(request.inputs)
+        with capacity.in_flight():
             encodings = await self._encode(request.inputs, request.truncate)
             return TokenizeResult(model=self.model_info().name, tokens=[to_tokens(e) for e in encodings])
 
     # what the transports' edges ask before parsing a request -----------------------------
 
-    def clearly_full(self, at_least: int | None = None) -> bool:
-        """No room in the queue for a request of at least this many tokens (None: the smallest)."""
-        if self.admission is None or self.draining:  # loading or shutting down: the full path answers 503
+    def clearly_full(self) -> bool:
+        """No room in the queue even for the smallest request."""
+        if self.capacity is None or self.draining:  # loading or shutting down: the full path answers 503
             return False
-        return self.admission.clearly_full(at_least or MIN_REQUEST_TOKENS)
+        return self.capacity.clearly_full()
 
-    def estimate_tokens(self, texts: list[str]) -> int:
-        assert self.admission is not None
-        return self.admission.estimate_tokens(tuple(texts))
-
-    def at_capacity(self) -> Overloaded:
-        assert self.admission is not None
-        return self.admission.at_capacity(self._queued_tokens())
+    def refusal(self) -> Overloaded:
+        assert self.capacity is not None
+        return self.capacity.refusal()
 
     # helpers ---------------------------------------------------------------------------
 
-    def _check_dimensions(self, dimensions: int | None) -> None:
-        assert self.backend is not None
-        spec = self.backend.spec
-        if dimensions is None or dimensions == spec.embedding_dim:
-            return
-        if not spec.matryoshka_dims:
-            raise InvalidRequest(
-                f"dimensions={dimensions} is not supported: {spec.name} gives {spec.embedding_dim} dimensions and "
-                "declares no Matryoshka truncations; omit the field"
-            )
-        if dimensions not in spec.matryoshka_dims:
-            raise InvalidRequest(
-                f"dimensions={dimensions} is not one of {spec.name}'s Matryoshka dimensions "
-                f"{list(spec.matryoshka_dims)} (or its full {spec.embedding_dim})"
-            )
-
-    def _admit(self) -> Admission:
+    def _admit(self) -> tuple[Capacity, Validation]:
         self.health.admit()
-        assert self.admission is not None
-        return self.admission
+        assert self.capacity is not None and self.validation is not None
+        return self.capacity, self.validation
 
     def _more_coming(self) -> bool:
-        return self.admission is not None and self.admission.tokenizing > 0
+        return self.capacity is not None and self.capacity.tokenizing > 0
 
     async def _encode(self, inputs: tuple[str, ...], truncate: bool) -> list[Encoding]:
         assert self._tokenizer is not None and self.info is not None
@@ -322,8 +323,8 @@ class Engine:
         self.health.batch_done(stats.ok)
         if not stats.ok:
             return
-        if path == FAST and self.admission is not None:
-            self.admission.record_batch(stats.real_tokens, time.monotonic())
+        if path == FAST and self.capacity is not None:
+            self.capacity.record_batch(stats.real_tokens, time.monotonic())
         m = self.m
         m.inference_duration[path].observe(stats.inference_s)
         m.batch_size.observe(stats.size)

@@ -25,6 +25,7 @@ class Status(StrEnum):
     READY = "ready"
     FAILING = "failing"
     DRAINING = "draining"
+    STUCK = "stuck"  # refusing with an empty queue: see Capacity.stuck
 
 
 class Health:

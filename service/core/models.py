@@ -7,13 +7,13 @@ every per-model series carries a `model` label. The server is ready when every m
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from service.config import Settings
-from service.core.admission import Reservation
+from service.core.capacity import Ticket
 from service.core.engine import Engine
 from service.core.health import Status
-from service.errors import NotFound
+from service.errors import NotFound, Overloaded
 from service.metrics import Metrics
 from service.types import EmbedRequest, EmbedResult, ModelInfo, TokenizeRequest, TokenizeResult
 
@@ -48,10 +48,15 @@ class Models:
     @property
     def status(self) -> Status:
         statuses = {engine.status for engine in self.engines.values()}
-        for status in (Status.DRAINING, Status.LOADING, Status.FAILING):
+        for status in (Status.DRAINING, Status.LOADING, Status.FAILING, Status.STUCK):
             if status in statuses:
                 return status
         return Status.READY
+
+    @property
+    def status_reason(self) -> str | None:
+        reasons = [f"{name}: {reason}" for name, engine in self.engines.items() if (reason := engine.status_reason)]
+        return "; ".join(reasons) or None
 
     @property
     def ready(self) -> bool:
@@ -83,13 +88,16 @@ class Models:
     def model_infos(self) -> list[ModelInfo]:
         return [engine.model_info() for engine in self.engines.values()]
 
+    def try_admit(self, name: str | None, texts: Sequence[str]) -> Ticket | Overloaded:
+        """Every edge's decision on a request before it is validated: a ticket holding its expected
+        tokens in its model's queue (pass it to embed), or the refusal to answer at once. An
+        unknown model is a NotFound, as for embed."""
+        return self.engine(name).try_admit(texts)
+
     async def embed(
-        self,
-        request: EmbedRequest,
-        is_disconnected: Callable[[], bool] | None = None,
-        reservation: Reservation | None = None,
+        self, request: EmbedRequest, is_disconnected: Callable[[], bool] | None = None, ticket: Ticket | None = None
     ) -> EmbedResult:
-        return await self.engine(request.model).embed(request, is_disconnected, reservation)
+        return await self.engine(request.model).embed(request, is_disconnected, ticket)
 
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResult:
         return await self.engine(request.model).tokenize(request)

@@ -85,7 +85,7 @@ class Edge:
         every request is refused, so a flood of refusals costs no parsing and no engine call.
         Each request that gets past this is checked by its model's engine against its own size."""
         if self.models.clearly_full():
-            raise self.models.default.at_capacity()
+            raise self.models.default.refusal()
 
     async def abort(self, context: Context, error: MhaserveError) -> None:
         self.fail(context, error)

@@ -22,7 +22,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.core.admission import Reservation
+from service.core.capacity import Ticket
 from service.core.models import Models
 from service.errors import InvalidRequest, MhaserveError, NotFound, Overloaded, PayloadTooLarge, Unauthenticated
 from service.http.schemas import ErrorResponse, KServeErrorResponse
@@ -120,9 +120,7 @@ async def embed_until_disconnected(models: Models, request: Request, embed_reque
 
     watcher = asyncio.create_task(watch())
     try:
-        return await models.embed(
-            embed_request, is_disconnected=gone.is_set, reservation=request.scope.get(RESERVATION)
-        )
+        return await models.embed(embed_request, is_disconnected=gone.is_set, ticket=request.scope.get(TICKET))
     finally:
         watcher.cancel()
 
@@ -178,18 +176,17 @@ def data_route(path: str) -> DataRoute | None:
     return DataRoute(template, kserve_texts, model=match.group(1))
 
 
-RESERVATION = "mhaserve.reservation"  # scope key: the request's Reservation, until the engine takes it
+TICKET = "mhaserve.ticket"  # scope key: the request's Ticket from Models.try_admit, until the engine takes it
 
 
-def admit_at_edge(models: Models, route: DataRoute, body: bytes) -> Overloaded | Reservation | None:
-    """The edge's decision on a data route's request, made without validation: a refusal when its
-    least possible tokens cannot fit in its model's queue, else a reservation of its expected
-    tokens (Admission.reserve). None when the full path must decide: a body it cannot read, an
-    unknown model, a model not loaded yet."""
+def admit_at_edge(models: Models, route: DataRoute, body: bytes) -> Overloaded | Ticket | None:
+    """The edge's decision on a data route's request, made without validation (Models.try_admit):
+    a refusal when its least possible tokens cannot fit in its model's queue, else a ticket for its
+    expected tokens. None when the full path must decide: a body it cannot read, an unknown model."""
     if route.model is not None and route.model not in models.engines:
         return None  # the full path answers the 404
     if models.clearly_full(route.model):
-        return models.engine(route.model).at_capacity()
+        return models.engine(route.model).refusal()
     try:
         parsed = orjson.loads(body)
         texts = route.texts(parsed)
@@ -201,13 +198,7 @@ def admit_at_edge(models: Models, route: DataRoute, body: bytes) -> Overloaded |
         return None
     if name is not None and (not isinstance(name, str) or name not in models.engines):
         return None  # the full path answers the 404 or 422
-    engine = models.engine(name)
-    if engine.admission is None:
-        return None  # loading: the full path answers the 503
-    estimate = engine.estimate_tokens(texts)
-    if engine.clearly_full(estimate):
-        return engine.at_capacity()
-    return engine.admission.reserve(estimate)
+    return models.try_admit(name, texts)
 
 
 class Intake:
@@ -216,7 +207,7 @@ class Intake:
     A body over the limit is refused by Content-Length before its first byte, else as soon as
     the running total passes it. A data route's request that the protocol did not decide on
     (see protocol.GuardedH11Protocol) is decided here by `admit_at_edge`: refused when it cannot
-    fit, at no cost of routing, validation or tokenizer, else let through with its reservation.
+    fit, at no cost of routing, validation or tokenizer, else let through with its ticket.
     The app then gets the body replayed.
     """
 
@@ -229,8 +220,8 @@ class Intake:
         try:
             await self._intake(scope, receive, send)
         finally:
-            if (reservation := scope.get(RESERVATION)) is not None:
-                reservation.release()  # the request ended before its engine took it over
+            if (ticket := scope.get(TICKET)) is not None:
+                ticket.release()  # the request ended before its engine took it over
 
     async def _intake(self, scope: Scope, receive: Receive, send: Send) -> None:
         too_large = PayloadTooLarge(
@@ -254,13 +245,13 @@ class Intake:
                 break
         body = b"".join(chunks)
         route = data_route(scope["path"]) if scope["method"] == "POST" else None
-        if route is not None and RESERVATION not in scope:  # not decided at the protocol already
+        if route is not None and TICKET not in scope:  # not decided at the protocol already
             decision = admit_at_edge(self.models, route, body)
             if isinstance(decision, Overloaded):
                 scope["route"] = route  # the metrics label
                 return await self._refuse(decision, scope, send)
             if decision is not None:
-                scope[RESERVATION] = decision
+                scope[TICKET] = decision
         delivered = False
 
         async def replay() -> Message:

@@ -15,9 +15,10 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.config import Settings
+from service.core.capacity import Ticket
 from service.core.models import Models
 from service.errors import MhaserveError, Overloaded
-from service.http.edge import RESERVATION, DataRoute, admit_at_edge, data_route, error_body, error_headers
+from service.http.edge import TICKET, DataRoute, admit_at_edge, data_route, error_body, error_headers
 
 log = logging.getLogger("mhaserve")
 
@@ -48,7 +49,10 @@ class GuardedH11Protocol(H11Protocol):
 
     And the edge decides on a data route's request here, before h11 parses it: under a flood
     most requests are refused, each for the price of one write (refuse_at_once), and each let
-    through holds a reservation in its model's queue until the engine takes it.
+    through holds a ticket in its model's queue until the engine takes it. The connection holds
+    the ticket too, and releases it when the request's answer is complete or the connection is
+    lost: uvicorn may answer a request without calling the app (503 past --http-max-connections),
+    and a task may end before the app runs, so no release inside the app can be the only one.
     """
 
     head_timeout_s = 10.0  # all set per server by http_protocol()
@@ -61,6 +65,7 @@ class GuardedH11Protocol(H11Protocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
+        self._ticket: Ticket | None = None  # the current request's, when decided here
         super().connection_made(transport)
         self._arm_head_timer()
 
@@ -70,12 +75,11 @@ class GuardedH11Protocol(H11Protocol):
         if isinstance(decision, Overloaded):
             return self.refuse_at_once(decision, request)  # type: ignore[arg-type]
         cycle = self.cycle
-        super().data_received(data)
-        if decision is not None:  # the reservation travels with the request it was made for
-            if self.cycle is not cycle:
-                self.cycle.scope[RESERVATION] = decision
-            else:
-                decision.release()  # h11 turned it down (a 400): no request reaches the app
+        try:
+            super().data_received(data)
+        finally:
+            if decision is not None:
+                self._hold(decision, None if self.cycle is cycle else self.cycle.scope)
         if self.conn.their_state is not h11.IDLE:  # the request head has arrived
             self._head_timer = cancel(self._head_timer)
         if self.conn.their_state is h11.SEND_BODY:  # and its body is still on the way
@@ -110,7 +114,22 @@ class GuardedH11Protocol(H11Protocol):
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
         self._arm_head_timer()  # waiting for the next request head, as after any response
 
+    def _hold(self, ticket: Ticket, scope: dict | None) -> None:
+        """The ticket travels with the request it was made for (the engine takes it over from the
+        scope) and stays with the connection until that request is answered (see the class)."""
+        if scope is None:  # h11 turned the request down (a 400): it reaches no app
+            ticket.release()
+            return
+        scope[TICKET] = ticket
+        self._ticket = ticket
+
+    def _release_ticket(self) -> None:
+        if self._ticket is not None:
+            self._ticket.release()
+            self._ticket = None
+
     def on_response_complete(self) -> None:
+        self._release_ticket()
         super().on_response_complete()
         if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
             self._arm_head_timer()  # waiting for the next request head
@@ -128,6 +147,7 @@ class GuardedH11Protocol(H11Protocol):
         self._head_timer = cancel(self._head_timer)
         self._body_timer = cancel(self._body_timer)
         self._send_timer = cancel(self._send_timer)
+        self._release_ticket()
         super().connection_lost(exc)
 
     def _arm_head_timer(self) -> None:

@@ -233,7 +233,8 @@ class KServeErrorResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: str
+    status: str = Field(description="live; or ready, loading, failing, draining or stuck")
+    reason: str | None = Field(None, description="why the server is not ready, where more can be said")
 
 
 # formatting ------------------------------------------------------------------------------

@@ -20,8 +20,14 @@ async def live() -> Response:
 
 @router.get("/health/ready", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
 async def ready(models: ModelsDep) -> Response:
-    """Every model loaded and warm, not draining, inference not failing; else the status says which."""
-    return json_response({"status": models.status.value}, 200 if models.ready else 503)
+    """Every model loaded and warm, not draining, inference not failing, not stuck refusing; else
+    the status says which, and `reason` says more where it can."""
+    if models.ready:
+        return json_response({"status": models.status.value})
+    body = {"status": models.status.value}
+    if (reason := models.status_reason) is not None:
+        body["reason"] = reason
+    return json_response(body, 503)
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})

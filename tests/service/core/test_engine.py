@@ -249,16 +249,16 @@ def test_under_overload_the_queue_takes_only_what_it_can_answer_within_the_deadl
     assert sum(isinstance(o, DeadlineExceeded) for o in unbounded) >= 5  # accepted, then too late
 
 
-def test_room_reserved_at_the_edge_holds_a_request_s_place_and_others_are_refused_before_tokenizing():
+def test_a_ticket_from_the_edge_holds_a_request_s_place_and_others_are_refused_before_tokenizing():
     async def scenario(engine):
         blocker = asyncio.create_task(engine.embed(embed("the man")))  # computing: holds the one worker
         await asyncio.sleep(0.1)
-        reservation = engine.admission.reserve(5)  # "the man is": let through at the edge
+        ticket = engine.try_admit(["the man is"])  # let through at the edge
         with pytest.raises(Overloaded):
             await engine.embed(embed("a quick brown fox jumps over"))  # 8 more tokens than the room holds
-        held = await engine.embed(embed("the man is"), reservation=reservation)
+        held = await engine.embed(embed("the man is"), ticket=ticket)
         await blocker
-        return held, engine.admission.reserved_tokens
+        return held, engine.capacity.reserved_tokens
 
     held, reserved = run(scenario, FakeBackend(delay_s=0.5), inference_workers=1, max_queue_tokens=10)
     assert held.token_counts == (5,)
@@ -270,7 +270,7 @@ def test_a_request_let_in_is_held_after_tokenizing_only_to_the_queue_s_memory_ca
     a late refusal of work already counted on. Its exact size still meets --max-queue-tokens."""
 
     async def scenario(engine):
-        engine.admission.tokens_per_s = 1.0  # a queue that drains slowly: room for max_len (32) tokens
+        engine.capacity.tokens_per_s = 1.0  # a queue that drains slowly: room for max_len (32) tokens
         blocker = asyncio.create_task(engine.embed(embed("the man")))
         await asyncio.sleep(0.1)
         queued = asyncio.create_task(engine.embed(embed(" ".join(["the"] * 20))))  # 22 of the 32

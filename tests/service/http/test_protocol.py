@@ -1,5 +1,5 @@
 """The REST edge at the protocol, on a real uvicorn server over the fake backend: refusals
-answered before h11 sees the request, and reservations for what is let through."""
+answered before h11 sees the request, and tickets for what is let through."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from service.backends.fake import FakeBackend
 from service.config import load_settings
+from service.core.capacity import STUCK_AFTER_S
 from service.core.engine import Engine
 from service.core.models import Models
 from service.http.app import create_app
@@ -145,19 +146,19 @@ def test_what_arrives_together_is_let_through_only_as_far_as_the_queue_has_room(
             for _, writer in connections:
                 writer.close()
             await blocker
-            return answers, list(srv.seen), srv.engine.admission.reserved_tokens
+            return answers, list(srv.seen), srv.engine.capacity.reserved_tokens
 
     answers, seen, reserved = asyncio.run(scenario())
     assert sorted(status for status, _, _ in answers) == [200, 200, 429, 429, 429]
     assert seen.count("POST /v1/embed") == 3  # the blocker and the two that fit
-    assert reserved == 0  # every reservation was handed to the engine or released
+    assert reserved == 0  # every ticket was handed to the engine or released
 
 
-def test_a_request_the_app_turns_down_gives_its_reservation_back():
+def test_a_request_the_app_turns_down_gives_its_ticket_back():
     async def scenario():
         async with served() as srv:
             bad = await exchange(srv, request("/v1/embed", {"inputs": "the man", "pooling": "no-such-mode"}))
-            return bad, srv.engine.admission.reserved_tokens
+            return bad, srv.engine.capacity.reserved_tokens
 
     (status, _, body), reserved = asyncio.run(scenario())
     assert status == 422 and b"pooling" in body
@@ -199,3 +200,63 @@ def test_a_plain_request_gives_its_route_path_and_body():
     kserve = plain_request(PLAIN.replace(b"/v1/embed", b"/v2/models/m/versions/2/infer"), *LIMITS)
     assert kserve.route.model == "m" and kserve.route.path == "/v2/models/{name}/versions/{version}/infer"
     assert plain_request(PLAIN, 16384, 12) is None  # over max_request_bytes: the app answers the 413
+
+
+def test_requests_uvicorn_answers_itself_past_the_connection_limit_give_their_tickets_back():
+    """Past --http-max-connections uvicorn answers 503 without calling the app, and a client may
+    go away before its request reaches the app: the connection releases the ticket either way.
+    Before it did, each such request kept its room forever, and the server refused everything."""
+
+    async def scenario():
+        async with served(http_max_connections=2, max_queue_tokens=200) as srv:
+            connections = [await srv.connect() for _ in range(4)]
+            for _, writer in connections:
+                writer.write(request("/v1/embed", {"inputs": "the man is"}))
+            answers = [await read_response(reader) for reader, _ in connections[2:]]
+            for _, writer in connections:
+                writer.close()
+            gone = []
+            for _ in range(30):  # whole requests, decided at the protocol, whose clients leave at once
+                reader, writer = await srv.connect()
+                writer.write(request("/v1/embed", {"inputs": "the man is"}))
+                writer.close()
+                gone.append(writer)
+            await asyncio.sleep(2.5)  # the fake backend computes what was let through in a second each
+            capacity = srv.engine.capacity
+            after = await exchange(srv, request("/v1/embed", {"inputs": "the man"}))
+            metrics = (await exchange(srv, b"GET /metrics HTTP/1.1\r\nhost: edge\r\n\r\n"))[2].decode()
+            return answers, capacity.reserved_tokens, capacity.tickets, after, metrics
+
+    answers, reserved, tickets, after, metrics = asyncio.run(scenario())
+    assert [status for status, _, _ in answers] == [503, 503]
+    assert reserved == 0 and tickets == 0
+    assert after[0] == 200
+    assert metric_value(metrics, "mhaserve_reserved_tokens", {"model": "fake"}) == 0
+    assert metric_value(metrics, "mhaserve_reservations", {"model": "fake"}) == 0
+
+
+def test_readiness_turns_503_and_says_why_when_the_server_refuses_with_an_empty_queue():
+    async def scenario():
+        async with served(max_queue_tokens=96) as srv:
+            ready = await exchange(srv, b"GET /health/ready HTTP/1.1\r\nhost: edge\r\n\r\n")
+            leaked = [srv.engine.try_admit(["word " * 10]) for _ in range(8)]  # all the room, held by nothing
+            refused = await exchange(srv, request("/v1/embed", {"inputs": "the man"}))
+            capacity = srv.engine.capacity
+            start = capacity.clock()
+            capacity.clock = lambda: start + STUCK_AFTER_S + 1  # a few seconds later
+            stuck = await exchange(srv, b"GET /health/ready HTTP/1.1\r\nhost: edge\r\n\r\n")
+            metrics = (await exchange(srv, b"GET /metrics HTTP/1.1\r\nhost: edge\r\n\r\n"))[2].decode()
+            for ticket in leaked:
+                ticket.release()
+            recovered = await exchange(srv, b"GET /health/ready HTTP/1.1\r\nhost: edge\r\n\r\n")
+            return ready, refused, stuck, metrics, recovered
+
+    ready, refused, stuck, metrics, recovered = asyncio.run(scenario())
+    assert ready[0] == 200 and refused[0] == 429
+    assert stuck[0] == 503
+    body = orjson.loads(stuck[2])
+    assert body["status"] == "stuck"
+    assert "refusing with an empty queue" in body["reason"] and "96 tokens held by 8 tickets" in body["reason"]
+    assert metric_value(metrics, "mhaserve_reserved_tokens", {"model": "fake"}) == 96
+    assert metric_value(metrics, "mhaserve_reservations", {"model": "fake"}) == 8
+    assert recovered[0] == 200

@@ -1,0 +1,128 @@
+"""Validation: what a request may ask of its model (inputs, prompts, pooling, attention,
+dimensions), checked before any work is queued; the attention limits once the lengths are known."""
+
+from __future__ import annotations
+
+import math
+
+from artifact.pooling import POOLING_MODES
+from service.backends.base import ModelSpec
+from service.config import Settings
+from service.core.attention import REDUCTIONS, AttentionPlan
+from service.errors import InvalidRequest, PayloadTooLarge
+from service.types import AttentionSelection
+
+
+class Validation:
+    def __init__(self, settings: Settings, spec: ModelSpec):
+        self.settings = settings
+        self.spec = spec
+
+    def check_inputs(self, inputs: tuple[str, ...]) -> None:
+        if not inputs:
+            raise InvalidRequest("inputs is empty: send at least one string")
+        limit = self.settings.max_inputs_per_request
+        if len(inputs) > limit:
+            raise InvalidRequest(f"{len(inputs)} inputs in one request, the limit is {limit}: split the request")
+        for i, text in enumerate(inputs):
+            if not isinstance(text, str):
+                raise InvalidRequest(f"inputs[{i}] must be a string, got {type(text).__name__}")
+            if not text:
+                raise InvalidRequest(f"inputs[{i}] is an empty string: send some text")
+
+    def with_prompt(self, inputs: tuple[str, ...], prompt_name: str | None) -> tuple[str, ...]:
+        """The inputs as the model reads them: its prompt prepended, as sentence-transformers does."""
+        name = prompt_name or self.spec.default_prompt_name
+        if name is None:
+            return inputs
+        if name not in self.spec.prompts:
+            known = ", ".join(repr(p) for p in self.spec.prompts) or "none"
+            raise InvalidRequest(f"prompt_name {name!r} is not one of {self.spec.name}'s prompts ({known})")
+        prompt = self.spec.prompts[name]
+        return tuple(prompt + text for text in inputs)
+
+    def check_pooling(self, pooling: str | None) -> str:
+        pooling = pooling or self.spec.pooling
+        if pooling not in POOLING_MODES:
+            raise InvalidRequest(f"pooling {pooling!r} is not supported: use one of {', '.join(POOLING_MODES)}")
+        return pooling
+
+    def check_dimensions(self, dimensions: int | None) -> None:
+        spec = self.spec
+        if dimensions is None or dimensions == spec.embedding_dim:
+            return
+        if not spec.matryoshka_dims:
+            raise InvalidRequest(
+                f"dimensions={dimensions} is not supported: {spec.name} gives {spec.embedding_dim} dimensions and "
+                "declares no Matryoshka truncations; omit the field"
+            )
+        if dimensions not in spec.matryoshka_dims:
+            raise InvalidRequest(
+                f"dimensions={dimensions} is not one of {spec.name}'s Matryoshka dimensions "
+                f"{list(spec.matryoshka_dims)} (or its full {spec.embedding_dim})"
+            )
+
+    def resolve_attention(self, selection: AttentionSelection | None) -> AttentionPlan | None:
+        if selection is None:
+            return None
+        layers = indices(selection.layers, self.spec.n_layers, "layer")
+        heads = indices(selection.heads, self.spec.n_heads, "head")
+        if selection.reduce_heads not in REDUCTIONS:
+            raise InvalidRequest(
+                f"head reduction {selection.reduce_heads!r} is not supported: use 'none', 'mean' or 'max'"
+            )
+        if not isinstance(selection.rollout, bool):
+            raise InvalidRequest(f"rollout must be true or false, got {selection.rollout!r}")
+        return AttentionPlan(layers, heads, selection.reduce_heads, selection.rollout, positions(selection.rows))
+
+    def check_attention_rows(self, plan: AttentionPlan, lengths: list[int]) -> None:
+        """Rows are query positions: each must lie inside every input's tokens."""
+        if plan.rows is None:
+            return
+        for i, n in enumerate(lengths):
+            outside = [row for row in plan.rows if row >= n]
+            if outside:
+                raise InvalidRequest(
+                    f"attention row {outside[0]} is outside input {i} (0-based), which is {n} tokens long "
+                    f"(special tokens included): choose rows 0..{n - 1}"
+                )
+
+    def check_attention_values(self, plan: AttentionPlan, lengths: list[int]) -> None:
+        """The limit applies to the answer as sent, after head reduction, rollout and row selection."""
+        values = sum(math.prod(plan.shape(n)) for n in lengths)
+        limit = self.settings.max_attention_values
+        if values > limit:
+            raise PayloadTooLarge(
+                f"the attention answer would hold {values:,} values, over the limit of {limit:,}: ask for fewer "
+                "layers, heads or rows, a head reduction or the rollout, shorter or fewer inputs, "
+                "or raise --max-attention-values"
+            )
+
+
+def indices(chosen: tuple[int, ...] | None, count: int, what: str) -> tuple[int, ...]:
+    """None means all; an empty selection, an unknown index or a repeated one is refused."""
+    if chosen is None:
+        return tuple(range(count))
+    if not chosen:
+        raise InvalidRequest(f"the attention {what} selection is empty: list at least one {what}, or ask for all")
+    for value in chosen:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < count:
+            raise InvalidRequest(f"{what} {value!r} does not exist: the model has {what}s 0..{count - 1}")
+    if len(set(chosen)) != len(chosen):
+        raise InvalidRequest(f"the attention {what} selection lists a {what} twice: {list(chosen)}")
+    return tuple(chosen)
+
+
+def positions(rows: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """Query positions: None means every row; an empty list, a negative or a repeated one is refused.
+    Whether each lies inside the text is known only after tokenizing (check_attention_rows)."""
+    if rows is None:
+        return None
+    if not rows:
+        raise InvalidRequest("the attention row selection is empty: list at least one row, or ask for all")
+    for value in rows:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidRequest(f"attention row {value!r} is not a token position: rows are 0-based, 0 is [CLS]")
+    if len(set(rows)) != len(rows):
+        raise InvalidRequest(f"the attention row selection lists a row twice: {list(rows)}")
+    return tuple(rows)
