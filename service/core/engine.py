@@ -80,7 +80,7 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return self.health.ready
+        return self.status is Status.READY
 
     @property
     def status(self) -> Status:
