@@ -68,15 +68,21 @@ class ServerProcess:
 
 
 def launch(
-    *args: str, env: dict | None = None, model_dir: Path = ARTIFACT, wait_ready: bool = True, checkout: Path = REPO
+    *args: str,
+    env: dict | None = None,
+    model_dir: Path | None = ARTIFACT,
+    wait_ready: bool = True,
+    checkout: Path = REPO,
 ) -> ServerProcess:
     """`mhaserve serve` on ports chosen by the OS; returns once it listens (and is ready).
 
+    model_dir None serves `--backend fake` (no artifact, no onnxruntime: protocol behaviour only).
     checkout: the source tree whose server runs (another commit's `git worktree`, to compare)."""
     log_fd, log_path = tempfile.mkstemp(prefix="mhaserve-", suffix=".log")
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MHASERVE_")}
     full_env.update(env or {})
-    command = [sys.executable, "-m", "service", "serve", "--model-dir", str(model_dir), "--host", "127.0.0.1"]
+    what = ["--backend", "fake"] if model_dir is None else ["--model-dir", str(model_dir)]
+    command = [sys.executable, "-m", "service", "serve", *what, "--host", "127.0.0.1"]
     command += ["--http-port", "0", "--grpc-port", "0", *args]
     process = subprocess.Popen(command, stdout=log_fd, stderr=subprocess.STDOUT, env=full_env, cwd=checkout)
     os.close(log_fd)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from artifact.manifest import Artifact, ArtifactError
 from service.backends.base import Backend
+from service.backends.fake import FAKE_SPEC, FakeBackend
 from service.backends.faults import FaultInjectingBackend
-from service.backends.onnx import OnnxBackend
 from service.config import Settings
 from service.core.engine import Engine
 from service.core.models import Models
@@ -37,12 +37,30 @@ def model_name(model_dir: Path) -> str:
     return Artifact.load(model_dir, verify=False).manifest.name
 
 
-def load_backend(model_dir: Path, settings: Settings) -> Backend:
-    """onnxruntime on the artifact; with --fault-inject-text, wrapped to fail matching batches."""
-    backend: Backend = OnnxBackend.load(model_dir, settings)
+def load_backend(model_dir: Path | None, settings: Settings) -> Backend:
+    """onnxruntime on the artifact, or the fake (model_dir None); with --fault-inject-text,
+    wrapped to fail matching batches. onnxruntime is imported only when it is used."""
+    if model_dir is None:
+        backend: Backend = FakeBackend(
+            workers=max(settings.inference_workers, 1), delay_s=settings.fake_batch_ms / 1000
+        )
+    else:
+        from service.backends.onnx import OnnxBackend
+
+        backend = OnnxBackend.load(model_dir, settings)
     if settings.fault_inject_text:
         backend = FaultInjectingBackend(backend, settings.fault_inject_text)
     return backend
+
+
+def engines_to_serve(settings: Settings, metrics: Metrics) -> list[Engine]:
+    """One engine per --model-dir, or the one fake model with --backend fake."""
+    if settings.backend == "fake":
+        return [Engine(settings, functools.partial(load_backend, None, settings), metrics, name=FAKE_SPEC.name)]
+    return [
+        Engine(settings, functools.partial(load_backend, d, settings), metrics, name=model_name(d))
+        for d in settings.model_dir
+    ]
 
 
 GRPC_STOP_GRACE_S = 1.0
@@ -69,10 +87,7 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     metrics = Metrics()
-    engines = [
-        Engine(settings, functools.partial(load_backend, d, settings), metrics, name=model_name(d))
-        for d in settings.model_dir
-    ]
+    engines = engines_to_serve(settings, metrics)
     try:
         models = Models(settings, engines, metrics)
     except ValueError as exc:

@@ -41,6 +41,13 @@ class Settings(BaseSettings):
         "exported model directory (manifest.json, graphs, tokenizer); repeat the flag (or list them, "
         "comma-separated) to serve several models, each under its manifest's name; the first is the default",
     )
+    backend: Literal["onnx", "fake"] = setting(
+        "onnx",
+        "what computes: onnx, the --model-dir artifacts through onnxruntime; fake, a deterministic stand-in "
+        "served as the model 'fake' with no artifact and no onnxruntime (for tests and demos: its vectors mean "
+        "nothing)",
+    )
+    fake_batch_ms: float = setting(0.0, "with --backend fake: how long each batch takes (a slow runtime)")
     host: str = setting("0.0.0.0", "address both servers bind")
     http_port: int = setting(8000, "REST port (FastAPI; also KServe v2 REST, /metrics, /ui)")
     grpc_port: int = setting(50051, "gRPC port (mhaserve.v1.Encoder, KServe v2, health, reflection)")
@@ -297,6 +304,8 @@ def validate(settings: Settings) -> None:
             f"--max-queue-wait-s must be >= 0 and under --request-timeout-s ({settings.request_timeout_s}), "
             f"got {settings.max_queue_wait_s}"
         )
+    if settings.fake_batch_ms < 0:
+        raise SettingsError(f"--fake-batch-ms must be >= 0, got {settings.fake_batch_ms}")
     if settings.max_wait_ms < 0 or settings.request_timeout_s <= 0 or settings.shutdown_grace_s < 0:
         raise SettingsError("--max-wait-ms and --shutdown-grace-s must be >= 0, --request-timeout-s > 0")
     if settings.api_key_file is not None and not Path(settings.api_key_file).is_file():

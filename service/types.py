@@ -50,11 +50,29 @@ class Token:
     end: int
 
 
+TOTAL_TIME = "x-total-time"  # named as text-embeddings-inference names it, in ms
+
+
 @dataclass(frozen=True)
 class Timings:
+    """Where a request's time went, as REST headers and gRPC trailing metadata tell the client."""
+
     queue_ms: float = 0.0
     inference_ms: float = 0.0
     tokenize_ms: float = 0.0
+
+    def fields(self) -> tuple[tuple[str, str], ...]:
+        """The stages' times under text-embeddings-inference's names, in ms."""
+        return (
+            ("x-tokenization-time", f"{self.tokenize_ms:.2f}"),
+            ("x-queue-time", f"{self.queue_ms:.2f}"),
+            ("x-inference-time", f"{self.inference_ms:.2f}"),
+        )
+
+
+def total_time(seconds: float) -> tuple[str, str]:
+    """The request's whole time in the server, from its edge to its answer."""
+    return TOTAL_TIME, f"{seconds * 1000:.2f}"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -28,6 +28,30 @@ def server(artifact: Artifact) -> Iterator[ServerProcess]:
     process.stop()
 
 
+@pytest.fixture(scope="session")
+def fake_server() -> Iterator[ServerProcess]:
+    """One `--backend fake` server shared by the tests of protocol behaviour: no artifact, no
+    onnxruntime, answers in microseconds; its vectors mean nothing, so no test checks numbers on it."""
+    process = launch(model_dir=None)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def start_fake_server() -> Iterator:
+    """Factory for `--backend fake` servers with their own settings; each is stopped after the test."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str, env: dict | None = None, wait_ready: bool = True) -> ServerProcess:
+        process = launch(*args, env=env, wait_ready=wait_ready, model_dir=None)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
 @pytest.fixture
 def start_server(artifact: Artifact) -> Iterator:
     """Factory for servers with their own settings; each is stopped after the test."""

@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError, Message
 from service.auth import ApiKeys
 from service.core.models import Models
 from service.errors import ERROR_TYPE_METADATA, InvalidRequest, MhaserveError
+from service.types import total_time
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,9 @@ class Edge:
                 await context.abort(grpc.StatusCode.INTERNAL, f"{rpc.name} failed inside the server; see its log")
                 raise
             finally:
-                self.metrics.observe_request("grpc", rpc.name, code, time.perf_counter() - started)
+                seconds = time.perf_counter() - started
+                context.set_trailing_metadata((*(context.trailing_metadata() or ()), total_time(seconds)))
+                self.metrics.observe_request("grpc", rpc.name, code, seconds)
 
         return grpc.unary_unary_rpc_method_handler(call, request_deserializer=None, response_serializer=serialize)
 

@@ -123,6 +123,7 @@ class EncoderServicer:
     async def Embed(self, message: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
         request = embed_request(message, time_remaining(context))
         result = await self.models.embed(request, is_disconnected=context.cancelled)
+        context.set_trailing_metadata(result.timings.fields())  # the edge adds x-total-time
         return embed_response(message.id, result)
 
     async def EmbedStream(self, raws: AsyncIterator[bytes], context: Context) -> AsyncIterator[pb.EmbedResponse]:

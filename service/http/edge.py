@@ -27,7 +27,7 @@ from service.core.models import Models
 from service.errors import InvalidRequest, MhaserveError, NotFound, Overloaded, PayloadTooLarge, Unauthenticated
 from service.http.schemas import ErrorResponse, KServeErrorResponse
 from service.metrics import Metrics
-from service.types import EmbedRequest, EmbedResult
+from service.types import EmbedRequest, EmbedResult, total_time
 
 KSERVE_PREFIX = "/v2"
 
@@ -272,7 +272,8 @@ class Intake:
 
 
 class RequestMetrics:
-    """Counts and times every answer by route template and status code."""
+    """Counts and times every answer by route template and status code, and tells the client
+    the time in an `x-total-time` header (ms)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app, self.metrics = app, metrics
@@ -287,6 +288,8 @@ class RequestMetrics:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                name, value = total_time(time.perf_counter() - started)
+                message = {**message, "headers": [*message.get("headers", ()), (name.encode(), value.encode())]}
             await send(message)
 
         try:

@@ -19,6 +19,7 @@ from service.core.capacity import Ticket
 from service.core.models import Models
 from service.errors import MhaserveError, Overloaded
 from service.http.edge import TICKET, DataRoute, admit_at_edge, data_route, error_body, error_headers
+from service.types import total_time
 
 log = logging.getLogger("mhaserve")
 
@@ -106,7 +107,8 @@ class GuardedH11Protocol(H11Protocol):
         so the connection stays idle for the next one."""
         started = time.perf_counter()
         self._unset_keepalive_if_required()
-        self.transport.write(response_bytes(refusal, request.path, self.server_state.default_headers))
+        headers = [*self.server_state.default_headers, total_header(started)]
+        self.transport.write(response_bytes(refusal, request.path, headers))
         self.server_state.total_requests += 1
         metrics = self.models.metrics
         metrics.observe_error(refusal)
@@ -225,6 +227,11 @@ def response_bytes(error: MhaserveError, path: str, default_headers: list[tuple[
     lines += [b"content-type: application/json", b"content-length: " + str(len(body)).encode()]
     lines += [f"{name.lower()}: {value}".encode("latin-1") for name, value in error_headers(error).items()]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def total_header(started: float) -> tuple[bytes, bytes]:
+    name, value = total_time(time.perf_counter() - started)
+    return name.encode(), value.encode()
 
 
 def cancel(timer: asyncio.TimerHandle | None) -> None:

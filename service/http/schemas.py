@@ -315,9 +315,5 @@ def model_card(info: ModelInfo) -> dict:
 
 
 def timing_headers(result: EmbedResult) -> dict[str, str]:
-    t = result.timings
-    return {
-        "x-queue-time-ms": f"{t.queue_ms:.2f}",
-        "x-inference-time-ms": f"{t.inference_ms:.2f}",
-        "x-tokenize-time-ms": f"{t.tokenize_ms:.2f}",
-    }
+    """The stages' times; the edge adds x-total-time to every answer (RequestMetrics)."""
+    return dict(result.timings.fields())

@@ -66,6 +66,7 @@ class KServeServicer:
         remaining = context.time_remaining()
         embed_request, names = self.model.embed_request(info.name, texts, parameters, requested, timeout_s=remaining)
         result = await self.models.embed(embed_request, is_disconnected=context.cancelled)
+        context.set_trailing_metadata(result.timings.fields())  # the edge adds x-total-time
         response = pb.ModelInferResponse(model_name=result.model, model_version=info.version, id=request.id)
         for t in self.model.output_tensors(result, names):
             response.outputs.add(name=t.name, datatype=t.datatype, shape=t.array.shape)

@@ -119,6 +119,7 @@ def parse_infer(body: bytes, header_length: str | None) -> tuple[dict, list[str]
 
 
 def infer_response(header: dict, result: EmbedResult, version: str, names: tuple[str, ...]) -> Response:
+    """The answer, JSON or with the binary extension, with the stages' timing headers."""
     parameters = header.get("parameters") or {}
     binary_default = parameters.get("binary_data_output") is True
     binary_wanted = {
@@ -141,10 +142,11 @@ def infer_response(header: dict, result: EmbedResult, version: str, names: tuple
         body["id"] = header["id"]
     body["outputs"] = outputs
     head = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    timings = dict(result.timings.fields())
     if not chunks:
-        return Response(head, media_type="application/json")
+        return Response(head, media_type="application/json", headers=timings)
     return Response(
         b"".join([head, *chunks]),
         media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(len(head))},
+        headers={"Inference-Header-Content-Length": str(len(head)), **timings},
     )
