@@ -151,12 +151,13 @@ def check(floods: list[Flood], reference, scenario: str) -> Summary:
     for n, flood in enumerate(floods):
         where = f"flood {n + 1} of {len(floods)}: {flood.statuses}, mixed clients {flood.mixed}, after {flood}"
         assert flood.statuses["200"] > 0 and flood.statuses["429"] > 0, where  # overloaded, and answering
-        assert flood.mixed["503"] > 0, where  # the crowds passed the connection limit
         assert flood.statuses["lost"] == 0, where
         assert flood.after_statuses == [200] * len(flood.after_statuses), where
         assert max(flood.after_s) < 1.0, where
         assert flood.reserved_tokens == 0 and flood.reservations == 0, where
         assert flood.ready == 200, where
+    past_limit = sum(flood.statuses["503"] + flood.mixed["503"] for flood in floods)
+    assert past_limit > 0, "no request went past the connection limit: the test did not test that path"
     summary = summarise(scenario, [o for flood in floods for o in flood.outcomes], reference)
     assert summary.wrong == 0 and summary.lost == 0 and summary.server_errors == 0, summary.examples
     mixed = sum((flood.mixed for flood in floods), Counter())

@@ -131,10 +131,11 @@ def test_api_keys_and_deadlines_raise_typed_errors(guarded):
 
 
 def test_the_grpc_docs_python_examples_run_against_a_real_server(server):
-    """The stub, typed-client and tritonclient examples of docs/grpc.md, each in a fresh interpreter."""
+    """The stub, timing-metadata, typed-client and tritonclient examples of docs/grpc.md, each in a
+    fresh interpreter."""
     page = (REPO / "docs" / "grpc.md").read_text()
     examples = re.findall(r"```python\n(.*?)```", page, re.S)
-    assert len(examples) == 3
+    assert len(examples) == 4
     for example in examples:
         code = example.replace("localhost:50051", server.grpc_target).replace("http://localhost:8000", server.url)
         result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
