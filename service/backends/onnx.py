@@ -30,7 +30,7 @@ from artifact.manifest import (
 )
 from service.backends.base import ModelSpec, Placement
 from service.config import Settings
-from service.core.batcher import lower_thread_priority
+from service.threads import lower_thread_priority
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from artifact.pooling import l2_normalize
 from service.backends.base import Backend
 from service.config import Settings
 from service.core.attention import AttentionPlan
-from service.core.batcher import Batcher, BatchStats, Job, Sequence, lower_thread_priority
+from service.core.batcher import Batcher, BatchStats, Job, Sequence
 from service.core.capacity import UNHELD, Capacity, Ticket
 from service.core.health import Health, Status
 from service.core.postprocess import SequenceOptions, SequenceResult, batch_inputs, split_batch
@@ -29,6 +29,7 @@ from service.core.tokenization import TokenizerWorker, to_tokens
 from service.core.validation import Validation
 from service.errors import DeadlineExceeded, InvalidRequest, MhaserveError, NotReady, Overloaded
 from service.metrics import Metrics
+from service.threads import lower_thread_priority
 from service.types import EmbedRequest, EmbedResult, ModelInfo, Timings, TokenizeRequest, TokenizeResult
 
 log = logging.getLogger(__name__)
