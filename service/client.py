@@ -21,18 +21,16 @@ import httpx
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from artifact.pooling import POOLING_MODES
 from protos.mhaserve.v1 import encoder_pb2 as pb
 from protos.mhaserve.v1 import encoder_pb2_grpc
 from service import errors
+from service.grpc.enums import HEAD_REDUCTION_NAMES, HEAD_REDUCTION_VALUES, POOLING_VALUES
 from service.types import AttentionSelection, ModelInfo, Token
 
 # A gRPC status the server did not send itself (a deadline the channel enforced, a lost
 # connection) carries no error type: the code alone says what it was.
 ERRORS_BY_CODE = {code: cls for cls, code in reversed(errors.GRPC_CODE.items())}
-POOLING = {None: pb.POOLING_UNSPECIFIED} | {m: pb.Pooling.Value(f"POOLING_{m.upper()}") for m in POOLING_MODES}
-HEAD_REDUCTION = {"none": pb.HEAD_REDUCTION_NONE, "mean": pb.HEAD_REDUCTION_MEAN, "max": pb.HEAD_REDUCTION_MAX}
-HEAD_REDUCTION_NAME = {value: name for name, value in HEAD_REDUCTION.items()} | {pb.HEAD_REDUCTION_UNSPECIFIED: "none"}
+POOLING = {None: pb.POOLING_UNSPECIFIED} | POOLING_VALUES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -227,7 +225,7 @@ def embeddings_from(response: pb.EmbedResponse) -> Embeddings:
         attention=[from_tensor(a) for a in response.attention] or None,
         attention_layers=tuple(response.attention_layers),
         attention_heads=tuple(response.attention_heads),
-        attention_reduce_heads=HEAD_REDUCTION_NAME.get(response.attention_reduce_heads, "none"),
+        attention_reduce_heads=HEAD_REDUCTION_NAMES.get(response.attention_reduce_heads, "none"),
         attention_rollout=response.attention_rollout,
         attention_rows=tuple(response.attention_rows) or None,
         usage_tokens=response.usage.tokens,
@@ -278,14 +276,15 @@ def embed_message(
     )
     if attention is not None:
         check_selection(attention)
-        if attention.reduce_heads not in HEAD_REDUCTION:
+        if attention.reduce_heads not in HEAD_REDUCTION_VALUES:
+            known = ", ".join(repr(name) for name in HEAD_REDUCTION_VALUES)
             raise errors.InvalidRequest(
-                f"head reduction {attention.reduce_heads!r} is not supported: use 'none', 'mean' or 'max'"
+                f"head reduction {attention.reduce_heads!r} is not supported: use one of {known}"
             )
         message.attention.SetInParent()  # present even when every list is unset (= all)
         message.attention.layers.extend(attention.layers or ())
         message.attention.heads.extend(attention.heads or ())
-        message.attention.reduce_heads = HEAD_REDUCTION[attention.reduce_heads]
+        message.attention.reduce_heads = HEAD_REDUCTION_VALUES[attention.reduce_heads]
         message.attention.rollout = attention.rollout
         message.attention.rows.extend(attention.rows or ())
     return message

@@ -13,35 +13,26 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from artifact.pooling import POOLING_MODES
 from protos.mhaserve.v1 import encoder_pb2 as pb
 from service.core.models import Models
 from service.errors import InvalidRequest, MhaserveError
 from service.grpc.edge import Context, Rpc, parse, time_remaining
+from service.grpc.enums import HEAD_REDUCTION_NAMES, HEAD_REDUCTION_VALUES, POOLING_NAMES
 from service.types import AttentionSelection, EmbedRequest, EmbedResult, Token, TokenizeRequest
 
 SERVICE = "mhaserve.v1.Encoder"
-# the enum names the modes as artifact.pooling does: POOLING_<MODE>
-POOLING = {pb.POOLING_UNSPECIFIED: None} | {pb.Pooling.Value(f"POOLING_{m.upper()}"): m for m in POOLING_MODES}
-HEAD_REDUCTION = {
-    pb.HEAD_REDUCTION_UNSPECIFIED: "none",
-    pb.HEAD_REDUCTION_NONE: "none",
-    pb.HEAD_REDUCTION_MEAN: "mean",
-    pb.HEAD_REDUCTION_MAX: "max",
-}
-HEAD_REDUCTION_OUT = {"none": pb.HEAD_REDUCTION_NONE, "mean": pb.HEAD_REDUCTION_MEAN, "max": pb.HEAD_REDUCTION_MAX}
 
 
 def embed_request(message: pb.EmbedRequest, timeout_s: float | None) -> EmbedRequest:
-    if message.pooling not in POOLING:
-        known = ", ".join(pb.Pooling.Name(value) for value, mode in POOLING.items() if mode)
+    if message.pooling not in POOLING_NAMES:
+        known = ", ".join(pb.Pooling.Name(value) for value, mode in POOLING_NAMES.items() if mode)
         raise InvalidRequest(f"pooling {message.pooling} is not a known Pooling value: use one of {known}")
     attention = attention_selection(message.attention) if message.HasField("attention") else None
     return EmbedRequest(
         inputs=tuple(message.inputs),
         model=message.model or None,
         prompt_name=message.prompt_name or None,
-        pooling=POOLING[message.pooling],
+        pooling=POOLING_NAMES[message.pooling],
         normalize=message.normalize if message.HasField("normalize") else True,
         truncate=message.truncate if message.HasField("truncate") else True,
         return_tokens=message.return_tokens,
@@ -53,15 +44,15 @@ def embed_request(message: pb.EmbedRequest, timeout_s: float | None) -> EmbedReq
 
 def attention_selection(message: pb.AttentionSelection) -> AttentionSelection:
     """An unset (so also an empty) list means all: proto3 cannot send an empty one."""
-    if message.reduce_heads not in HEAD_REDUCTION:
+    if message.reduce_heads not in HEAD_REDUCTION_NAMES:
+        known = ", ".join(pb.HeadReduction.Name(value) for value in HEAD_REDUCTION_VALUES.values())
         raise InvalidRequest(
-            f"reduce_heads {message.reduce_heads} is not a known HeadReduction value: "
-            "use HEAD_REDUCTION_NONE, HEAD_REDUCTION_MEAN or HEAD_REDUCTION_MAX"
+            f"reduce_heads {message.reduce_heads} is not a known HeadReduction value: use one of {known}"
         )
     return AttentionSelection(
         layers=tuple(message.layers) or None,
         heads=tuple(message.heads) or None,
-        reduce_heads=HEAD_REDUCTION[message.reduce_heads],
+        reduce_heads=HEAD_REDUCTION_NAMES[message.reduce_heads],
         rollout=message.rollout,
         rows=tuple(message.rows) or None,
     )
@@ -94,7 +85,7 @@ def embed_response(request_id: str, result: EmbedResult) -> pb.EmbedResponse:
         response.attention.extend(tensor(a) for a in result.attention)
         response.attention_layers.extend(result.attention_layers)
         response.attention_heads.extend(result.attention_heads)
-        response.attention_reduce_heads = HEAD_REDUCTION_OUT[result.attention_reduce_heads]
+        response.attention_reduce_heads = HEAD_REDUCTION_VALUES[result.attention_reduce_heads]
         response.attention_rollout = result.attention_rollout
         response.attention_rows.extend(result.attention_rows or ())
     return response

@@ -1,5 +1,6 @@
-"""The protos: committed stubs are what `make protos` generates, every field is documented, and
-our KServe v2 proto is wire-compatible with the one NVIDIA's tritonclient was built from."""
+"""The protos: committed stubs are what `make protos` generates, every field is documented, the
+enums name exactly the modes the core implements, and our KServe v2 proto is wire-compatible
+with the one NVIDIA's tritonclient was built from."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from pathlib import Path
 import pytest
 from google.protobuf import descriptor_pb2
 
+from artifact.pooling import POOLING_MODES
+from protos.mhaserve.v1 import encoder_pb2 as pb
+from service.core.attention import REDUCTIONS
 from tests.support.server import REPO
 
 PROTOS = REPO / "protos"
@@ -84,6 +88,17 @@ def test_every_field_rpc_and_enum_value_is_documented(source):
         if not previous.startswith("//"):
             undocumented.append(f"{source.name}:{i + 1}: {line.strip()}")
     assert not undocumented, "declarations without a comment above them:\n" + "\n".join(undocumented)
+
+
+@pytest.mark.parametrize(
+    ("enum", "prefix", "modes"),
+    [(pb.Pooling, "POOLING_", POOLING_MODES), (pb.HeadReduction, "HEAD_REDUCTION_", REDUCTIONS)],
+    ids=["Pooling", "HeadReduction"],
+)
+def test_each_proto_enum_names_exactly_the_cores_modes(enum, prefix, modes):
+    # service.grpc.enums maps one to the other by name: a mode on one side only is unreachable or refused
+    named = {name.removeprefix(prefix).lower() for name in enum.DESCRIPTOR.values_by_name} - {"unspecified"}
+    assert named == set(modes), f"proto {enum.DESCRIPTOR.name} and the core differ: {sorted(named ^ set(modes))}"
 
 
 def test_kserve_proto_matches_tritonclient_on_the_wire(tmp_path):
