@@ -33,8 +33,9 @@ class Rpc:
     name: str
     request_type: type[Message]
     needs_key: bool = True
-    streaming: bool = False  # stream in, stream out: per-request errors travel in the stream
     queues_work: bool = False  # refused before parsing when the queue has no room for any request
+    # set for a stream-in, stream-out method: a request's error, as its answer in the stream
+    stream_error: Callable[[Any, MhaserveError], Message] | None = None
 
 
 class Servicer(Protocol):
@@ -77,7 +78,7 @@ class Edge:
         handlers = {}
         for rpc in servicer.RPCS:
             method = getattr(servicer, rpc.name)
-            handlers[rpc.name] = self._stream(rpc, method) if rpc.streaming else self._unary(rpc, method)
+            handlers[rpc.name] = self._stream(rpc, method) if rpc.stream_error else self._unary(rpc, method)
         self.metrics.declare_routes("grpc", [rpc.name for rpc in servicer.RPCS])
         return grpc.method_handlers_generic_handler(service, handlers)
 
@@ -128,8 +129,29 @@ class Edge:
 
         return grpc.unary_unary_rpc_method_handler(call, request_deserializer=None, response_serializer=serialize)
 
-    def _stream(self, rpc: Rpc, method: Callable[[AsyncIterator[bytes], Context], AsyncIterator[Message]]):
-        """Only a refused key ends the call; the servicer answers each request's error in the stream."""
+    def _stream(self, rpc: Rpc, method: Callable[[Any, Context], Awaitable[Message]]) -> grpc.RpcMethodHandler:
+        """Stream in, stream out: `method` answers one request, and each is answered as soon as it
+        is computed, any number in flight at once, and counted as a unary call is. A request's error
+        is its answer in the stream (rpc.stream_error) and the stream goes on; only a refused key
+        or a failure inside the server ends the call."""
+
+        async def answer(raw: bytes, context: Context) -> Message:
+            started, code, message = time.perf_counter(), "OK", None
+            try:
+                message = parse(rpc.request_type, raw)
+                return await method(message, context)
+            except MhaserveError as error:
+                code = error.grpc_code.name
+                self.metrics.observe_error(error)
+                return rpc.stream_error(message, error)
+            except asyncio.CancelledError:
+                code = "CANCELLED"  # the client went away, or its deadline passed
+                raise
+            except Exception:
+                code = "INTERNAL"  # logged once, where it ends the call
+                raise
+            finally:
+                self.metrics.observe_request("grpc", rpc.name, code, time.perf_counter() - started)
 
         async def call(raws: AsyncIterator[bytes], context: Context) -> AsyncIterator[Message]:
             if rpc.needs_key:
@@ -138,7 +160,34 @@ class Edge:
                 except MhaserveError as error:
                     self.metrics.observe_request("grpc", rpc.name, error.grpc_code.name, 0.0)
                     await self.abort(context, error)
-            async for response in method(raws, context):
-                yield response
+            answers: asyncio.Queue[Message | None] = asyncio.Queue()
+            pending: set[asyncio.Task] = set()
+
+            async def queue_answer(raw: bytes) -> None:
+                await answers.put(await answer(raw, context))
+
+            async def read_all() -> None:
+                try:
+                    async for raw in raws:
+                        task = asyncio.create_task(queue_answer(raw))
+                        pending.add(task)
+                        task.add_done_callback(pending.discard)
+                    if pending:
+                        await asyncio.gather(*pending)
+                finally:
+                    await answers.put(None)
+
+            reader = asyncio.create_task(read_all())
+            try:
+                while (response := await answers.get()) is not None:
+                    yield response
+                await reader  # re-raises a failure of the request stream, or of a request
+            except Exception:
+                log.exception("%s failed", rpc.name)
+                await context.abort(grpc.StatusCode.INTERNAL, f"{rpc.name} failed inside the server; see its log")
+            finally:
+                reader.cancel()
+                for task in list(pending):
+                    task.cancel()
 
         return grpc.stream_stream_rpc_method_handler(call, request_deserializer=None, response_serializer=serialize)

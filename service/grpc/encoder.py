@@ -6,17 +6,14 @@ module only translates.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import time
-from collections.abc import AsyncIterator
 
 import numpy as np
 
 from protos.mhaserve.v1 import encoder_pb2 as pb
 from service.core.models import Models
 from service.errors import InvalidRequest, MhaserveError
-from service.grpc.edge import Context, Rpc, parse, time_remaining
+from service.grpc.edge import Context, Rpc, time_remaining
 from service.grpc.enums import HEAD_REDUCTION_NAMES, HEAD_REDUCTION_VALUES, POOLING_NAMES
 from service.types import AttentionSelection, EmbedRequest, EmbedResult, Token, TokenizeRequest
 
@@ -91,10 +88,12 @@ def embed_response(request_id: str, result: EmbedResult) -> pb.EmbedResponse:
     return response
 
 
-def stream_error(request_id: str, error: MhaserveError) -> pb.EmbedResponse:
+def stream_error(message: pb.EmbedRequest | None, error: MhaserveError) -> pb.EmbedResponse:
+    """A streamed request's error, answered under its id ("" for bytes that did not parse)."""
     code = error.grpc_code
     return pb.EmbedResponse(
-        id=request_id, error=pb.Error(code=code.value[0], code_name=code.name, message=error.message, type=error.type)
+        id=message.id if message is not None else "",
+        error=pb.Error(code=code.value[0], code_name=code.name, message=error.message, type=error.type),
     )
 
 
@@ -103,7 +102,7 @@ class EncoderServicer:
 
     RPCS = (
         Rpc("Embed", pb.EmbedRequest, queues_work=True),
-        Rpc("EmbedStream", pb.EmbedRequest, streaming=True),
+        Rpc("EmbedStream", pb.EmbedRequest, stream_error=stream_error),
         Rpc("Tokenize", pb.TokenizeRequest),
         Rpc("GetModelInfo", pb.GetModelInfoRequest),
     )
@@ -112,53 +111,19 @@ class EncoderServicer:
         self.models = models
 
     async def Embed(self, message: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
-        request = embed_request(message, time_remaining(context))
-        result = await self.models.embed(request, is_disconnected=context.cancelled)
+        result = await self._embed(message, context)
         context.set_trailing_metadata(result.timings.fields())  # the edge adds x-total-time
         return embed_response(message.id, result)
 
-    async def EmbedStream(self, raws: AsyncIterator[bytes], context: Context) -> AsyncIterator[pb.EmbedResponse]:
-        """Answers each request as soon as it is computed; any number are in flight at once.
+    async def EmbedStream(self, message: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
+        """One request of a stream: the edge keeps any number in flight, answers each as soon as
+        it is computed and a failed one with its error, and the stream goes on (a stream has one
+        trailer for all its requests, so no timings)."""
+        return embed_response(message.id, await self._embed(message, context))
 
-        A request that fails gets an answer carrying its error; the stream goes on.
-        """
-        answers: asyncio.Queue[pb.EmbedResponse | None] = asyncio.Queue()
-        pending: set[asyncio.Task] = set()
-
-        async def answer(raw: bytes) -> None:
-            started, request_id = time.perf_counter(), ""
-            try:
-                message = parse(pb.EmbedRequest, raw)
-                request_id = message.id
-                request = embed_request(message, time_remaining(context))
-                result = await self.models.embed(request, is_disconnected=context.cancelled)
-                response, code = embed_response(request_id, result), "OK"
-            except MhaserveError as error:
-                self.models.metrics.observe_error(error)
-                response, code = stream_error(request_id, error), error.grpc_code.name
-            self.models.metrics.observe_request("grpc", "EmbedStream", code, time.perf_counter() - started)
-            await answers.put(response)
-
-        async def read_all() -> None:
-            try:
-                async for raw in raws:
-                    task = asyncio.create_task(answer(raw))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                if pending:
-                    await asyncio.gather(*pending)
-            finally:
-                await answers.put(None)
-
-        reader = asyncio.create_task(read_all())
-        try:
-            while (response := await answers.get()) is not None:
-                yield response
-            await reader  # re-raises a failure of the request stream itself
-        finally:
-            reader.cancel()
-            for task in list(pending):
-                task.cancel()
+    async def _embed(self, message: pb.EmbedRequest, context: Context) -> EmbedResult:
+        request = embed_request(message, time_remaining(context))
+        return await self.models.embed(request, is_disconnected=context.cancelled)
 
     async def Tokenize(self, message: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
         truncate = message.truncate if message.HasField("truncate") else True

@@ -213,6 +213,24 @@ def test_calls_are_counted_with_transport_grpc(server, stub):
     )
 
 
+def test_each_streamed_request_is_counted_as_a_unary_call_is(server, stub):
+    fine, empty = pb.EmbedRequest(id="fine", inputs=["counted"]), pb.EmbedRequest(id="empty")
+    before = scrape(server)
+    stub.Embed(fine, timeout=30)
+    with pytest.raises(grpc.RpcError):
+        stub.Embed(empty, timeout=30)
+    unary = scrape(server)
+    answers = list(stub.EmbedStream(iter([fine, empty]), timeout=30))
+    streamed = scrape(server)
+    assert sorted(a.id for a in answers) == ["empty", "fine"]
+    for code in ("OK", "INVALID_ARGUMENT"):
+        assert grpc_requests(unary, "Embed", code) - grpc_requests(before, "Embed", code) == 1, code
+        assert grpc_requests(streamed, "EmbedStream", code) - grpc_requests(unary, "EmbedStream", code) == 1, code
+    errors = {"type": "invalid_request"}
+    counted = [metric_value(text, "mhaserve_errors_total", errors) for text in (before, unary, streamed)]
+    assert counted[1] - counted[0] == counted[2] - counted[1] == 1
+
+
 def test_health_is_serving_for_the_server_and_each_service(channel):
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", "mhaserve.v1.Encoder", "inference.GRPCInferenceService"):
