@@ -96,16 +96,15 @@ def test_a_short_3x_burst_is_answered_correctly_or_refused_at_once(reference):
     summary.record()
 
 
-GRPC_GOODPUT_MISS = pytest.mark.xfail(
-    strict=False,
-    reason="gRPC answered 0.80-0.89 of capacity at 3x on 2 shared cores (RawGrpc as the load generator): "
-    "grpc-python's server spends 350-500 us per refused call and its C-core threads 0.15 cores more "
-    "(docs/reliability.md, Measured); the row is recorded either way",
-)
+# The share of the measured capacity a 60 s 3x burst must still answer. gRPC's floor is lower because
+# refusing costs it more: grpc-python's server spends 430-510 us of CPU per refused call, REST 81 us
+# (`python -m bench.refusals`), and on 2 cores that CPU comes out of inference; at 3x more than two
+# requests are refused for each one answered (docs/reliability.md, promise 2 and Measured).
+GOODPUT_FLOOR = {"rest": 0.9, "grpc": 0.8}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("transport", ["rest", pytest.param("grpc", marks=GRPC_GOODPUT_MISS)])
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
 def test_a_60_second_3x_burst_keeps_goodput_fast_refusals_and_bounded_memory(reference, transport):
     server = overloaded_server()
     pid = server.process.pid
@@ -144,7 +143,11 @@ def test_a_60_second_3x_burst_keeps_goodput_fast_refusals_and_bounded_memory(ref
     summary.record()
     check_promise_1(summary, refusals=("429", "504"))
     assert summary.refused.get("504", 0) <= 0.01 * summary.correct, summary.refused  # p99 within the deadline
-    assert summary.correct / 60 >= 0.9 * capacity, summary.notes
+    floor = GOODPUT_FLOOR[transport]
+    assert summary.correct / 60 >= floor * capacity, (
+        f"{transport} answered below its floor of {floor:.2f} x capacity (gRPC's is lower: its server spends "
+        f"430-510 us of CPU per refused call against REST's 81 us, python -m bench.refusals): {summary.notes}"
+    )
     assert summary.answered_p99_s < DEADLINE_S
     assert rss.peak_mb < 1.5 * rss_before, (rss_before, rss.peak_mb)  # bounded
     assert abs(rss_after - rss_before) <= 0.10 * rss_before, (rss_before, rss_after)
