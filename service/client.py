@@ -38,7 +38,7 @@ class Embeddings:
     """One embed call's answer; every list has one entry per input, in input order."""
 
     model: str
-    embeddings: np.ndarray  # (n_inputs, d_model) float32
+    embeddings: np.ndarray  # (n_inputs, embedding_dim) float32
     tokens: list[list[Token]] | None = None
     token_embeddings: list[np.ndarray] | None = None  # each (tokens_i, d_model)
     attention: list[np.ndarray] | None = None  # each (layers', heads', rows', tokens_i): see AttentionSelection
@@ -169,7 +169,8 @@ class RestClient(ClosingClient):
             ModelInfo(
                 name=card["name"],
                 version=card["version"],
-                d_model=card["dims"],
+                d_model=card["d_model"],
+                embedding_dim=card["dims"],
                 n_layers=card["layers"],
                 n_heads=card["heads"],
                 max_len=card["max_len"],

@@ -78,7 +78,7 @@ def total_time(seconds: float) -> tuple[str, str]:
 @dataclass(frozen=True, kw_only=True)
 class EmbedResult:
     model: str
-    embeddings: np.ndarray  # (n_inputs, d_model) float32
+    embeddings: np.ndarray  # (n_inputs, embedding_dim) float32
     tokens: list[list[Token]] | None = None
     token_embeddings: list[np.ndarray] | None = None  # each (len_i, d_model)
     attention: list[np.ndarray] | None = None  # each (layers', heads', rows', len_i): see AttentionSelection
@@ -112,7 +112,8 @@ class TokenizeResult:
 class ModelInfo:
     name: str
     version: str
-    d_model: int
+    d_model: int  # the encoder's hidden width: the width of token embeddings
+    embedding_dim: int  # the width of every sentence embedding (after any Dense layers)
     n_layers: int
     n_heads: int
     max_len: int

@@ -119,6 +119,7 @@ class Engine:
             name=spec.name,
             version=spec.version,
             d_model=spec.d_model,
+            embedding_dim=spec.embedding_dim,
             n_layers=spec.n_layers,
             n_heads=spec.n_heads,
             max_len=spec.max_len,

@@ -23,7 +23,7 @@ class SequenceOptions:
 
 @dataclass(frozen=True)
 class SequenceResult:
-    embedding: np.ndarray  # (d_model,)
+    embedding: np.ndarray  # (embedding_dim,)
     token_embeddings: np.ndarray | None  # (len, d_model)
     attention: np.ndarray | None  # (layers', heads', rows', len): AttentionPlan.shape
 

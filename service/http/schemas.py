@@ -201,7 +201,8 @@ class ModelCard(BaseModel):
     owned_by: str
     name: str
     version: str
-    dims: int
+    dims: int = Field(description="width of every sentence embedding (after any Dense layers)")
+    d_model: int = Field(description="the encoder's hidden width: the width of token embeddings")
     layers: int
     heads: int
     max_len: int
@@ -302,7 +303,8 @@ def model_card(info: ModelInfo) -> dict:
         "owned_by": "mhaserve",
         "name": info.name,
         "version": info.version,
-        "dims": info.d_model,
+        "dims": info.embedding_dim,
+        "d_model": info.d_model,
         "layers": info.n_layers,
         "heads": info.n_heads,
         "max_len": info.max_len,

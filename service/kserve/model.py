@@ -1,7 +1,7 @@
 """KServe v2 / Open Inference Protocol: the model as the protocol sees it, for both transports.
 
 The model, named as in the manifest, takes a BYTES input `text` [n] (or [n, 1]) and gives FP32
-`embedding` [n, d_model]; on request also `token_embeddings` [n, T, d_model] and `attention`
+`embedding` [n, embedding_dim]; on request also `token_embeddings` [n, T, d_model] and `attention`
 [n, layers', heads', rows', T] (the REST answer's axes), padded with zeros to the longest input
 T, and INT32 `lengths` [n] saying how much of each row is real. Options travel as request
 parameters (see PARAMETERS). The wire codecs are service.kserve.rest (JSON and Triton's binary
@@ -81,15 +81,14 @@ class KServeModel:
 
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
         info = self.check_model(name, version)
-        d = info.d_model
         return {
             "name": info.name,
             "versions": [info.version],
             "platform": PLATFORM,
             "inputs": [{"name": TEXT, "datatype": "BYTES", "shape": [-1]}],
             "outputs": [
-                {"name": EMBEDDING, "datatype": "FP32", "shape": [-1, d]},
-                {"name": TOKEN_EMBEDDINGS, "datatype": "FP32", "shape": [-1, -1, d]},
+                {"name": EMBEDDING, "datatype": "FP32", "shape": [-1, info.embedding_dim]},
+                {"name": TOKEN_EMBEDDINGS, "datatype": "FP32", "shape": [-1, -1, info.d_model]},
                 {"name": ATTENTION, "datatype": "FP32", "shape": [-1, -1, -1, -1, -1]},
                 {"name": LENGTHS, "datatype": "INT32", "shape": [-1]},
             ],

@@ -119,7 +119,7 @@ def test_get_model_info_describes_the_served_model(stub, artifact):
         manifest.pooling,
         manifest.normalize,
     )
-    assert (info.d_model, info.n_layers, info.n_heads, info.max_len) == (384, 6, 12, 256)
+    assert (info.d_model, info.embedding_dim, info.n_layers, info.n_heads, info.max_len) == (384, 384, 6, 12, 256)
     assert info.provider.endswith("ExecutionProvider") and info.precision in ("fp32", "fp16", "int8")
     assert info.graph.endswith(".onnx")
 

@@ -95,7 +95,7 @@ def test_tokenize_gives_word_pieces_with_offsets(server, reference):
 def test_models_lists_the_served_model(server):
     card = httpx.get(server.url + "/v1/models").json()["data"][0]
     assert card["id"] == "all-minilm-l6-v2"
-    assert (card["dims"], card["layers"], card["heads"], card["max_len"]) == (384, 6, 12, 256)
+    assert (card["dims"], card["d_model"], card["layers"], card["heads"], card["max_len"]) == (384, 384, 6, 12, 256)
     assert card["provider"] == "CPUExecutionProvider" and card["precision"] == "fp32"
 
 

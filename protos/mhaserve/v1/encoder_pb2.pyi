@@ -187,10 +187,11 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "d_model", "n_layers", "n_heads", "max_len", "pooling", "normalize", "provider", "precision", "graph")
+    __slots__ = ("name", "version", "d_model", "embedding_dim", "n_layers", "n_heads", "max_len", "pooling", "normalize", "provider", "precision", "graph")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     D_MODEL_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
     N_LAYERS_FIELD_NUMBER: _ClassVar[int]
     N_HEADS_FIELD_NUMBER: _ClassVar[int]
     MAX_LEN_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +203,7 @@ class ModelInfo(_message.Message):
     name: str
     version: str
     d_model: int
+    embedding_dim: int
     n_layers: int
     n_heads: int
     max_len: int
@@ -210,4 +212,4 @@ class ModelInfo(_message.Message):
     provider: str
     precision: str
     graph: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., d_model: _Optional[int] = ..., n_layers: _Optional[int] = ..., n_heads: _Optional[int] = ..., max_len: _Optional[int] = ..., pooling: _Optional[str] = ..., normalize: _Optional[bool] = ..., provider: _Optional[str] = ..., precision: _Optional[str] = ..., graph: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., d_model: _Optional[int] = ..., embedding_dim: _Optional[int] = ..., n_layers: _Optional[int] = ..., n_heads: _Optional[int] = ..., max_len: _Optional[int] = ..., pooling: _Optional[str] = ..., normalize: _Optional[bool] = ..., provider: _Optional[str] = ..., precision: _Optional[str] = ..., graph: _Optional[str] = ...) -> None: ...

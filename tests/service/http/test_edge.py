@@ -70,7 +70,7 @@ def test_model_routes_answer_503_while_the_server_drains():
 
 def test_the_model_card_carries_every_model_info_field():
     (card,) = serve(lambda client, engine: client.get("/v1/models")).json()["data"]
-    names = {"d_model": "dims", "n_layers": "layers", "n_heads": "heads"}
+    names = {"embedding_dim": "dims", "n_layers": "layers", "n_heads": "heads"}
     for field in dataclasses.fields(ModelInfo):
         assert names.get(field.name, field.name) in card, field.name
     assert card["graph"] == "none" and card["provider"] == "fake"
