@@ -1,4 +1,4 @@
-"""Promise 3: work whose client disconnected, cancelled or ran out of deadline while queued is
+"""Promise 4: work whose client disconnected, cancelled or ran out of deadline while queued is
 dropped before inference (mhaserve_dropped_sequences_total says how many); the rest is unaffected."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Promise 6: bad input gets a clear 4xx / INVALID_ARGUMENT, never a 5xx, a crash or a hang.
+"""Promise 7: bad input gets a clear 4xx / INVALID_ARGUMENT, never a 5xx, a crash or a hang.
 
 Hand-picked hostile bodies on every transport, random and mutated protobuf bytes on every gRPC
 method, and property-based fuzzing of every REST operation from /openapi.json (schemathesis).

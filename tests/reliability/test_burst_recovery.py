@@ -1,4 +1,4 @@
-"""After a burst the server answers again at once, and every ticket it took is given back.
+"""Promise 3: after a burst the server answers again at once, and every ticket it took is given back.
 
 Each flood is open-loop REST load at 3x the capacity measured just before, with mixed clients
 beside it: some send a whole request and leave at once, some send half a request head and

@@ -1,4 +1,4 @@
-"""Promise 4: a batch whose inference fails fails only its own requests (500 / INTERNAL with a clear
+"""Promise 5: a batch whose inference fails fails only its own requests (500 / INTERNAL with a clear
 message, counted in mhaserve_errors_total); the server keeps serving and stays ready. A runtime that
 keeps failing turns readiness false on every transport, so Kubernetes stops routing to the pod;
 a probe batch then checks every --recovery-probe-s and makes it ready again once the runtime works.

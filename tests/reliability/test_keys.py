@@ -1,4 +1,4 @@
-"""Promise 8: with API keys configured (several, from a file and the environment), every data route
+"""Promise 9: with API keys configured (several, from a file and the environment), every data route
 of every transport refuses a missing or wrong key, health stays open, /metrics is keyed by a setting,
 and no key ever shows up in the log, the metrics or an error body."""
 

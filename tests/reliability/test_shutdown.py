@@ -1,4 +1,4 @@
-"""Promise 7: SIGTERM during a burst answers everything accepted, refuses the rest with 503 /
+"""Promise 8: SIGTERM during a burst answers everything accepted, refuses the rest with 503 /
 UNAVAILABLE, turns gRPC health NOT_SERVING and exits 0 within shutdown_grace_s. After SIGKILL and a
 restart, readiness turns true only once the model is loaded and warmed up."""
 

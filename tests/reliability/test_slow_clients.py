@@ -1,4 +1,4 @@
-"""Promise 5: 200 slow-header (slowloris) connections and 200 clients that never read their answers
+"""Promise 6: 200 slow-header (slowloris) connections and 200 clients that never read their answers
 don't stop a normal client from being answered within 2x its idle latency; the request-head and
 send timeouts then close them, and the connection cap answers 503 past its limit."""
 
@@ -128,16 +128,16 @@ def non_readers(port: int, count: int, pipelined: int = 8) -> list[socket.socket
 
 
 @pytest.fixture
-def quick(start_server) -> Iterator:
-    yield start_server(
+def quick(start_fake_server) -> Iterator:
+    yield start_fake_server(
         "--http-header-timeout-s", str(HEAD_TIMEOUT_S), "--http-send-timeout-s", str(SEND_TIMEOUT_S),
         "--http-body-timeout-s", str(BODY_TIMEOUT_S),
     )  # fmt: skip
 
 
-def test_slowloris_and_non_reading_clients_do_not_slow_a_normal_client(start_server):
+def test_slowloris_and_non_reading_clients_do_not_slow_a_normal_client(start_fake_server):
     # timeouts longer than the test: every hostile connection is held open while we measure
-    server = start_server("--http-header-timeout-s", "60", "--http-send-timeout-s", "60", "--max-wait-ms", "0")
+    server = start_fake_server("--http-header-timeout-s", "60", "--http-send-timeout-s", "60", "--max-wait-ms", "0")
     pid = server.process.pid
     idle_rest = statistics.median(rest_latencies(server.url))
     idle_grpc = statistics.median(grpc_latencies(server.grpc_target))
@@ -209,8 +209,8 @@ def test_the_timeouts_free_every_slowloris_and_stalled_reader_connection(quick):
     assert httpx.get(quick.url + "/health/ready").status_code == 200
 
 
-def test_a_request_head_over_the_size_limit_is_refused(start_server):
-    small = start_server("--http-max-header-bytes", "4096")
+def test_a_request_head_over_the_size_limit_is_refused(start_fake_server):
+    small = start_fake_server("--http-max-header-bytes", "4096")
     with socket.create_connection(("127.0.0.1", small.http_port), timeout=10) as sock:
         sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 6000)  # 6 kB and not done
         assert sock.recv(100).startswith(b"HTTP/1.1 400")
@@ -218,8 +218,8 @@ def test_a_request_head_over_the_size_limit_is_refused(start_server):
     assert fine.startswith(b"HTTP/1.1 200")
 
 
-def test_past_the_connection_cap_requests_get_503_at_once_and_service_resumes(start_server):
-    capped = start_server("--http-max-connections", "20", "--http-header-timeout-s", "30")
+def test_past_the_connection_cap_requests_get_503_at_once_and_service_resumes(start_fake_server):
+    capped = start_fake_server("--http-max-connections", "20", "--http-header-timeout-s", "30")
     held = [socket.create_connection(("127.0.0.1", capped.http_port)) for _ in range(20)]
     try:
         for sock in held:

@@ -1,4 +1,4 @@
-"""Promise 9: --tls-cert/--tls-key serve HTTPS and gRPC over TLS; --tls-client-ca requires client
+"""Promise 10: --tls-cert/--tls-key serve HTTPS and gRPC over TLS; --tls-client-ca requires client
 certificates on gRPC (mTLS). Certificates are made by the test (tests/reliability/conftest.py)."""
 
 from __future__ import annotations

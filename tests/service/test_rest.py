@@ -259,8 +259,8 @@ def test_unknown_route_is_404_json(limited):
     assert response.status_code == 404 and response.json()["error"]["type"] == "not_found"
 
 
-def test_api_key_is_required_on_data_routes_only(start_server):
-    keyed = start_server(env={"MHASERVE_API_KEYS": "k-one,k-two"})
+def test_api_key_is_required_on_data_routes_only(start_fake_server):
+    keyed = start_fake_server(env={"MHASERVE_API_KEYS": "k-one,k-two"})
     for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "k-one"}):
         response = post(keyed, "/v1/embed", {"inputs": "x"}, headers=headers)
         assert response.status_code == 401, headers
