@@ -289,9 +289,10 @@ class OnnxBackend:
         """Run each graph on short and long inputs so the first request pays no allocation."""
         started = time.perf_counter()
         max_len = self.spec.max_len
+        token = min(100, self.tokenizer.get_vocab_size() - 1)  # any real token: small vocabularies too
         for runner in (self.fast, self.attention):
             for batch, length in ((1, 8), (4, min(max_len, 64)), (2, max_len)):
-                ids = np.full((batch, length), 100, dtype=np.int64)
+                ids = np.full((batch, length), token, dtype=np.int64)
                 runner.run(ids, np.ones_like(ids))  # a lone batch's path: IO binding, or the solo session
                 if runner.solo is not None:
                     runner.run_on(runner.session, ids, np.ones_like(ids))  # and the path of one beside another

@@ -56,8 +56,7 @@ def write_tiny_mpnet_st(directory: Path, pooling: str) -> Path:
     from tokenizers.models import WordPiece
     from transformers import MPNetConfig, MPNetModel
 
-    unused = [f"[unused{i}]" for i in range(100)]  # so a server can serve it: its warm-up feeds token id 100
-    vocab = {token: i for i, token in enumerate(["<s>", "<pad>", "</s>", "[UNK]", *WORDS, *unused])}
+    vocab = {token: i for i, token in enumerate(["<s>", "<pad>", "</s>", "[UNK]", *WORDS])}
     tokenizer = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
