@@ -23,6 +23,24 @@ from service.types import total_time
 
 log = logging.getLogger("mhaserve")
 
+# GuardedH11Protocol extends uvicorn's H11Protocol and reads its internals (UVICORN_INTERNALS):
+# the uvicorn releases it is tested on. pyproject.toml pins this one; the test of this module
+# fails on any other, so an upgrade is a decision with its tests run, not an accident.
+TESTED_UVICORN = ("0.54.0",)
+UVICORN_INTERNALS = (
+    "conn",  # the h11.Connection: their_state, our_state, trailing_data
+    "cycle",  # the request's RequestResponseCycle: its scope carries the ticket
+    "server_state",  # default_headers, total_requests
+    "config",  # h11_max_incomplete_event_size
+    "loop",
+    "transport",
+    "timeout_keep_alive",
+    "timeout_keep_alive_task",
+    "timeout_keep_alive_handler",
+    "_unset_keepalive_if_required",
+    "on_response_complete",  # called for every complete answer, uvicorn's own 503 included
+)
+
 
 class HttpServer(uvicorn.Server):
     @contextlib.contextmanager
@@ -240,6 +258,10 @@ def cancel(timer: asyncio.TimerHandle | None) -> None:
 
 
 def http_protocol(settings: Settings, models: Models | None = None) -> type[H11Protocol]:
+    if uvicorn.__version__ not in TESTED_UVICORN:
+        log.warning(
+            "uvicorn %s: the REST protocol edge is tested on uvicorn %s only", uvicorn.__version__, TESTED_UVICORN
+        )
     per_server = {
         "head_timeout_s": settings.http_header_timeout_s,
         "body_timeout_s": settings.http_body_timeout_s,

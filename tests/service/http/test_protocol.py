@@ -262,3 +262,30 @@ def test_readiness_turns_503_and_says_why_when_the_server_refuses_with_an_empty_
     assert metric_value(metrics, "mhaserve_reserved_tokens", {"model": "fake"}) == 96
     assert metric_value(metrics, "mhaserve_reservations", {"model": "fake"}) == 8
     assert recovered[0] == 200
+
+
+def test_the_uvicorn_installed_is_one_the_protocol_edge_is_tested_on_and_has_what_it_reads():
+    """GuardedH11Protocol reads uvicorn's H11Protocol internals: another uvicorn fails here, loudly,
+    before it can fail in production."""
+    import uvicorn
+
+    from service.http.protocol import TESTED_UVICORN, UVICORN_INTERNALS
+
+    assert uvicorn.__version__ in TESTED_UVICORN, (
+        f"uvicorn {uvicorn.__version__} is not one the protocol edge is tested on ({TESTED_UVICORN}): "
+        "check service/http/protocol.py against its H11Protocol, then add the version"
+    )
+
+    async def scenario():
+        async with served() as srv:
+            reader, writer = await srv.connect()
+            writer.write(b"GET /health/live HTTP/1.1\r\nhost: edge\r\n\r\n")
+            await read_response(reader)  # a keep-alive connection, still open
+            protocols = list(srv.server.server_state.connections)
+            writer.close()
+            return protocols
+
+    protocols = asyncio.run(scenario())
+    assert protocols, "no live connection to inspect"
+    for name in UVICORN_INTERNALS:
+        assert all(hasattr(protocol, name) for protocol in protocols), f"H11Protocol has no {name!r}"
