@@ -9,44 +9,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
-import time
 
-import grpc
 from tokenizers import Tokenizer
 
 from artifact.manifest import FAST, Artifact
-from bench.__main__ import single_latency_ms
+from bench.__main__ import grpc_call, single_latency_ms
 from bench.corpus import short_sentence
-from bench.loadgen import RawHttp
+from bench.loadgen import closed_loop, rest_call
 from bench.server import ARTIFACT, launch
-from protos.mhaserve.v1 import encoder_pb2 as pb
-from protos.mhaserve.v1 import encoder_pb2_grpc
 
 
-async def rest_latencies(port: int, count: int) -> list[float]:
-    client = RawHttp("127.0.0.1", port)
-    latencies = []
-    try:
-        for _ in range(count):
-            started = time.perf_counter()
-            status, _, body = await client.post("/v1/embed", {"inputs": [short_sentence()]})
-            latencies.append(time.perf_counter() - started)
-            assert status == 200, body[:200]
-    finally:
-        await client.close()
-    return latencies
+def p50_ms(make_call, count: int) -> float:
+    """Median latency of `count` sequential one-sentence requests, after 50 to warm up."""
 
+    async def measure() -> float:
+        await closed_loop(make_call, [[short_sentence()]] * 50, 1)
+        outcome = await closed_loop(make_call, [[short_sentence()]] * count, 1)
+        assert outcome.errors == 0, f"{outcome.errors} requests failed"
+        return outcome.percentile(50) * 1000
 
-def grpc_latencies(target: str, count: int) -> list[float]:
-    latencies = []
-    with grpc.insecure_channel(target) as channel:
-        encoder = encoder_pb2_grpc.EncoderStub(channel)
-        for _ in range(count):
-            started = time.perf_counter()
-            encoder.Embed(pb.EmbedRequest(inputs=[short_sentence()]), timeout=10)
-            latencies.append(time.perf_counter() - started)
-    return latencies
+    return asyncio.run(measure())
 
 
 def main() -> None:
@@ -57,10 +39,8 @@ def main() -> None:
     server = launch(*args.flags)
     try:
         print(f"server pid {server.process.pid}", flush=True)
-        asyncio.run(rest_latencies(server.http_port, 50))  # warm: connections, allocator, caches
-        rest = statistics.median(asyncio.run(rest_latencies(server.http_port, args.requests))) * 1000
-        grpc_latencies(server.grpc_target, 50)
-        grpc_ms = statistics.median(grpc_latencies(server.grpc_target, args.requests)) * 1000
+        transports = {"REST": rest_call("127.0.0.1", server.http_port), "gRPC": grpc_call(server.grpc_target)}
+        p50 = {name: p50_ms(make_call, args.requests) for name, make_call in transports.items()}
     finally:
         server.stop()
     artifact = Artifact.load(ARTIFACT)
@@ -68,8 +48,8 @@ def main() -> None:
     tokenizer.enable_truncation(max_length=artifact.manifest.max_len)
     in_process = single_latency_ms(artifact.graph_path(FAST), tokenizer, short_sentence())
     print(f"in-process {in_process:.2f} ms (p50 of 200)")
-    print(f"REST p50 {rest:.2f} ms: in-process + {rest - in_process:.2f} ms")
-    print(f"gRPC p50 {grpc_ms:.2f} ms: in-process + {grpc_ms - in_process:.2f} ms")
+    for name, ms in p50.items():
+        print(f"{name} p50 {ms:.2f} ms: in-process + {ms - in_process:.2f} ms")
 
 
 if __name__ == "__main__":

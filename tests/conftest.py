@@ -37,34 +37,30 @@ def fake_server() -> Iterator[ServerProcess]:
     process.stop()
 
 
-@pytest.fixture
-def start_fake_server() -> Iterator:
-    """Factory for `--backend fake` servers with their own settings; each is stopped after the test."""
+def server_factory(**fixed) -> Iterator:
+    """Starts servers with their own settings (and `fixed` launch arguments); stops each after the test."""
     started: list[ServerProcess] = []
 
-    def start(*args: str, env: dict | None = None, wait_ready: bool = True) -> ServerProcess:
-        process = launch(*args, env=env, wait_ready=wait_ready, model_dir=None)
+    def start(*args: str, env: dict | None = None, wait_ready: bool = True, **kwargs) -> ServerProcess:
+        process = launch(*args, env=env, wait_ready=wait_ready, **fixed, **kwargs)
         started.append(process)
         return process
 
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def start_fake_server() -> Iterator:
+    """Factory for `--backend fake` servers: protocol behaviour only."""
+    yield from server_factory(model_dir=None)
 
 
 @pytest.fixture
 def start_server(artifact: Artifact) -> Iterator:
     """Factory for servers with their own settings; each is stopped after the test."""
-    started: list[ServerProcess] = []
-
-    def start(*args: str, env: dict | None = None, wait_ready: bool = True, **kwargs) -> ServerProcess:
-        process = launch(*args, env=env, wait_ready=wait_ready, **kwargs)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
+    yield from server_factory()
 
 
 @pytest.fixture(scope="session")
