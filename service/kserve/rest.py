@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request, Response
 from service.errors import InvalidRequest
 from service.http.deps import Authorized, ModelsDep
 from service.http.edge import embed_until_disconnected, error_responses, json_response
+from service.http.schemas import timing_headers
 from service.kserve.binary import HEADER_LENGTH, split_bytes_elements
 from service.kserve.model import TEXT, KServeModel, only_input, texts_from
 from service.types import EmbedResult
@@ -142,7 +143,7 @@ def infer_response(header: dict, result: EmbedResult, version: str, names: tuple
         body["id"] = header["id"]
     body["outputs"] = outputs
     head = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-    timings = dict(result.timings.fields())
+    timings = timing_headers(result)
     if not chunks:
         return Response(head, media_type="application/json", headers=timings)
     return Response(
