@@ -10,6 +10,13 @@ pooling modes, Dense layers, whether a Normalize module is present, prompts, and
 dimensions. Format 1 manifests (mean or cls pooling, nothing else) are still read: they mean
 exactly what they meant. A format-1 reader refuses format 2, so an older server never serves
 a model whose Dense layers it would skip.
+
+Format 3 is a cross-encoder: the same encoder over a pair `[CLS] a [SEP] b [SEP]` (segment ids
+0 then 1), transformers' pooler and a classifier, so its graphs output `logits` (batch,
+num_labels) instead of hidden states. Its manifest says its task (`rerank` for one label,
+`classify` for several), its labels in id order, and the activation sentence-transformers'
+`CrossEncoder.predict` applies to the logits. Embedders are still written as format 2, so a
+server that predates cross-encoders refuses one instead of serving its logits as vectors.
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ import numpy as np
 
 from artifact.pooling import ACTIVATIONS, POOLING_MODES, Dense
 
-FORMAT_VERSION = 2  # what export writes
-READABLE_FORMATS = (1, 2)
+FORMAT_VERSION = 2  # what export writes for an embedder
+CROSS_ENCODER_FORMAT = 3  # what export writes for a cross-encoder
+READABLE_FORMATS = (1, 2, 3)
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -36,6 +44,13 @@ REQUIRED_GRAPHS = (FAST, ATTENTION)
 
 INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS = "input_ids", "attention_mask", "token_type_ids"
 HIDDEN_STATES, ATTENTION_PROBS = "last_hidden_state", "attention_probs"
+LOGITS = "logits"  # a cross-encoder's graphs: (batch, num_labels), before any activation
+
+# What a model is for. An embedder answers vectors; a cross-encoder scores pairs: `rerank`
+# (one label, a relevance score) or `classify` (several labels).
+EMBED, RERANK, CLASSIFY = "embed", "rerank", "classify"
+TASKS = (EMBED, RERANK, CLASSIFY)
+SCORE_ACTIVATIONS = ("sigmoid", "identity", "softmax")
 
 
 class ArtifactError(ValueError):
@@ -110,6 +125,14 @@ class Manifest:
     default_prompt_name: str | None = None
     matryoshka_dims: tuple[int, ...] = ()  # truncations the model was trained for (then renormalise)
     sentence_transformers: dict = field(default_factory=dict)  # modules, max_seq_length, do_lower_case, ...
+    # format 3; formats 1 and 2 read as an embedder
+    task: str = EMBED
+    labels: tuple[str, ...] = ()  # a cross-encoder's labels in id order (id2label)
+    score_activation: str = "identity"  # what CrossEncoder.predict applies to the logits
+
+    @property
+    def is_cross_encoder(self) -> bool:
+        return self.task != EMBED
 
     @property
     def embedding_dim(self) -> int:
@@ -120,6 +143,11 @@ class Manifest:
         return TOKEN_TYPE_IDS in self.graphs[role].inputs
 
     def to_dict(self) -> dict:
+        cross_encoder = (
+            {"task": self.task, "labels": list(self.labels), "score_activation": self.score_activation}
+            if self.format_version >= CROSS_ENCODER_FORMAT
+            else {}
+        )
         return {
             "format_version": self.format_version,
             "name": self.name,
@@ -143,6 +171,7 @@ class Manifest:
             "default_prompt_name": self.default_prompt_name,
             "matryoshka_dims": list(self.matryoshka_dims),
             "sentence_transformers": self.sentence_transformers,
+            **cross_encoder,
         }
 
     @classmethod
@@ -185,6 +214,7 @@ class Manifest:
                 encoder_config=dict(raw.get("encoder_config", {})),
                 format_version=int(version),
                 **(cls._format_2_fields(raw) if version >= 2 else {}),
+                **(cls._format_3_fields(raw) if version >= CROSS_ENCODER_FORMAT else {}),
             )
         except KeyError as exc:
             raise ArtifactError(f"{source}: missing field {exc.args[0]!r}") from None
@@ -214,6 +244,14 @@ class Manifest:
         if int(raw["embedding_dim"]) != (fields["dense"][-1].out_features if fields["dense"] else int(raw["d_model"])):
             raise ValueError(f"embedding_dim {raw['embedding_dim']} does not follow from d_model and the Dense layers")
         return fields
+
+    @staticmethod
+    def _format_3_fields(raw: dict) -> dict:
+        return {
+            "task": str(raw["task"]),
+            "labels": tuple(str(label) for label in raw["labels"]),
+            "score_activation": str(raw["score_activation"]),
+        }
 
     def check_consistency(self, source: Path) -> None:
         for role in REQUIRED_GRAPHS:
@@ -246,6 +284,31 @@ class Manifest:
                 raise ArtifactError(f"{source}: matryoshka dimension {n} is outside 1..{self.embedding_dim}")
         if self.d_model % self.n_heads:
             raise ArtifactError(f"{source}: d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        self._check_task(source)
+
+    def _check_task(self, source: Path) -> None:
+        if self.task not in TASKS:
+            raise ArtifactError(f"{source}: task {self.task!r} must be one of {', '.join(TASKS)}")
+        cross_encoder_format = self.format_version >= CROSS_ENCODER_FORMAT
+        if self.is_cross_encoder != cross_encoder_format:
+            raise ArtifactError(
+                f"{source}: task {self.task!r} needs format_version "
+                f"{CROSS_ENCODER_FORMAT if self.is_cross_encoder else FORMAT_VERSION}, not {self.format_version}"
+            )
+        if not self.is_cross_encoder:
+            return
+        if (self.task == RERANK) != (len(self.labels) == 1) or not self.labels:
+            rule = "exactly one" if self.task == RERANK else "two or more"
+            raise ArtifactError(f"{source}: task {self.task!r} has {len(self.labels)} labels; it needs {rule}")
+        if self.score_activation not in SCORE_ACTIVATIONS:
+            raise ArtifactError(
+                f"{source}: score_activation {self.score_activation!r} must be one of {', '.join(SCORE_ACTIVATIONS)}"
+            )
+        for role, spec in self.graphs.items():
+            if LOGITS not in spec.outputs:
+                raise ArtifactError(f"{source}: graph {role!r} of a {self.task} model must output {LOGITS!r}")
+            if TOKEN_TYPE_IDS not in spec.inputs and self.encoder_config.get("type_vocab_size", 0) > 1:
+                raise ArtifactError(f"{source}: graph {role!r} of a pair model must take {TOKEN_TYPE_IDS!r}")
 
 
 def sha256_of(path: Path) -> str:

@@ -184,10 +184,60 @@ def test_format_2_round_trips_with_dense_layers_checked(tmp_path):
         ({"dense": [{**dense, "in_features": 3}]}, r"dense\[0\] takes 3 features, gets 4"),
         ({"matryoshka_dims": [3]}, "matryoshka dimension 3 is outside 1..2"),
         ({"default_prompt_name": "passage"}, "default_prompt_name 'passage'"),
-        ({"format_version": 3}, "format_version 3 is not supported"),
+        ({"format_version": 4}, "format_version 4 is not supported"),
     ]:
         with pytest.raises(ArtifactError, match=says):
             Manifest.from_dict({**raw, **change}, Path("manifest.json"))
+
+
+def cross_encoder_manifest(**change) -> dict:
+    pair_graph = {"inputs": ["input_ids", "attention_mask", "token_type_ids"], "outputs": ["logits"]}
+    return {
+        **V1_MANIFEST,
+        "format_version": 3,
+        "pooling": "cls",
+        "normalize": False,
+        "graphs": {
+            "fast": {"file": "fast.onnx", "precision": "fp32", **pair_graph},
+            "attention": {"file": "attention.onnx", "precision": "fp32", **pair_graph},
+        },
+        "encoder_config": {"type_vocab_size": 2},
+        "embedding_dim": 4,
+        "dense": [],
+        "prompts": {},
+        "default_prompt_name": None,
+        "matryoshka_dims": [],
+        "sentence_transformers": {"model_type": "CrossEncoder"},
+        "task": "rerank",
+        "labels": ["LABEL_0"],
+        "score_activation": "sigmoid",
+        **change,
+    }
+
+
+def test_format_3_is_a_cross_encoder_with_its_task_labels_and_activation():
+    manifest = Manifest.from_dict(cross_encoder_manifest(), Path("manifest.json"))
+    assert (manifest.task, manifest.labels, manifest.score_activation, manifest.is_cross_encoder) == (
+        "rerank",
+        ("LABEL_0",),
+        "sigmoid",
+        True,
+    )
+    assert Manifest.from_dict(manifest.to_dict(), Path("manifest.json")) == manifest
+    assert not Manifest.from_dict(V1_MANIFEST, Path("manifest.json")).is_cross_encoder
+    for change, says in [
+        ({"task": "embed"}, "task 'embed' needs format_version 2, not 3"),
+        ({"task": "score"}, "task 'score' must be one of embed, rerank, classify"),
+        ({"labels": ["a", "b"]}, "task 'rerank' has 2 labels; it needs exactly one"),
+        ({"task": "classify"}, "task 'classify' has 1 labels; it needs two or more"),
+        ({"score_activation": "tanh"}, "score_activation 'tanh' must be one of"),
+        (
+            {"graphs": {"fast": {**V1_MANIFEST["graphs"]["fast"]}, "attention": V1_MANIFEST["graphs"]["attention"]}},
+            "graph 'fast' of a rerank model must output 'logits'",
+        ),
+    ]:
+        with pytest.raises(ArtifactError, match=says):
+            Manifest.from_dict(cross_encoder_manifest(**change), Path("manifest.json"))
 
 
 @pytest.mark.parametrize("pooling", ["weightedmean", "lasttoken"])
