@@ -4,12 +4,14 @@ Its tokenizer splits on whitespace and punctuation into a word-level vocabulary 
 as it meets words, with [CLS] and [SEP] around every text. Hidden state t of a sequence is
 (token id of t, position of t, length of the sequence, 1, 0, ...), so pooling, slicing and
 padding mistakes change the numbers; attention is uniform over each sequence's own tokens.
-`delay_s` makes every batch take that long (a slow runtime), and `calls` records each
-batch's shape, so tests can see what was batched together.
+`delay_s` makes every batch take that long (a slow runtime), and `calls` records the last
+CALLS_KEPT batches' shapes, so tests can see what was batched together (and a served fake
+keeps a bounded record however long it runs).
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from service.backends.base import ModelSpec, Placement
 FAKE_SPEC = ModelSpec(
     name="fake", version="1", d_model=8, n_layers=2, n_heads=2, max_len=32, pooling="mean", normalize=True
 )
+CALLS_KEPT = 10_000
 SPECIAL = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
 WORDS = [
     "the",
@@ -63,7 +66,9 @@ class FakeBackend:
     workers: int = 1
     delay_s: float = 0.0
     placement: Placement = field(default_factory=lambda: Placement(provider="fake", precision="fp32", graph="none"))
-    calls: list[tuple[str, tuple[int, int]]] = field(default_factory=list)  # (path, (B, T)) per batch
+    calls: collections.deque[tuple[str, tuple[int, int]]] = field(  # (path, (B, T)) per batch
+        default_factory=lambda: collections.deque(maxlen=CALLS_KEPT)
+    )
     tokenizer: Tokenizer = field(init=False)
 
     def __post_init__(self) -> None:
