@@ -378,6 +378,12 @@ def phases(run: Run, wrong: set[int]) -> dict[str, Phase]:
     return {name: Phase(name, got, [o for o in got if o.index in wrong]) for name, got in made.items()}
 
 
+def machine() -> str:
+    models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+              if line.startswith("model name")]  # fmt: skip
+    return f"{os.cpu_count()}-core {models[0] if models else platform.processor() or platform.machine()}"
+
+
 def table(run: Run, by_phase: dict[str, Phase], shares: dict[str, int], pod: Pod) -> str:
     assert run.kill is not None
     rows = []
@@ -398,7 +404,7 @@ def table(run: Run, by_phase: dict[str, Phase], shares: dict[str, int], pod: Pod
         for r in run.replacements
     )
     row("rollout: r1 by r3, then r2 by r4", by_phase["rollout"], notes)
-    row("everything before the kill", by_phase["graceful"], "")
+    row("everything answered before the kill", by_phase["graceful"], "steady, rollout and the seconds between")
     kill = by_phase["kill"]
     row(
         f"`docker kill` {run.kill.replica}, and {AFTER_KILL_S:.0f} s after",
@@ -407,8 +413,8 @@ def table(run: Run, by_phase: dict[str, Phase], shares: dict[str, int], pod: Pod
     )
     p99_ratio = by_phase["rollout"].p(99) / by_phase["steady"].p(99)
     head = (
-        f"{datetime.date.today()}, {platform.node() or 'this machine'} ({os.cpu_count()} cores): capacity "
-        f"through the balancer {run.capacity:.0f} req/s, load {run.rate:.0f} req/s (REST and gRPC in turn); "
+        f"`make test-rollout`, {datetime.date.today()}, {machine()}: capacity through the balancer "
+        f"{run.capacity:.0f} req/s, load {run.rate:.0f} req/s (REST and gRPC in turn); "
         f"readiness checked every {pod.readiness.period_s:g} s, out after {pod.readiness.failures} failures; "
         f"MHASERVE_SHUTDOWN_DELAY_S {pod.delay_s:g}, terminationGracePeriodSeconds {pod.termination_grace_s}; "
         f"rollout p99 / steady p99 = {p99_ratio:.2f}\n\n"
