@@ -120,7 +120,9 @@ def test_sigterm_with_a_shutdown_delay_serves_on_unready_then_drains(start_fake_
             answer = rest.post("/v1/embed", json=body)
             serving = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
             rpc = embed(pb.EmbedRequest(inputs=["still served"]), timeout=5)
-            seen.append((ready.status_code, ready.json()["status"], answer.status_code, answer.headers.get("connection")))
+            seen.append(
+                (ready.status_code, ready.json()["status"], answer.status_code, answer.headers.get("connection"))
+            )
             assert serving == health_pb2.HealthCheckResponse.NOT_SERVING
             assert len(rpc.embeddings) == 1
             time.sleep(0.1)
