@@ -52,8 +52,8 @@ NEW_REPLICA_READY_WITHIN_S = 90.0
 DISTINCT_TEXTS = 1000  # the load cycles through these: each reference vector is computed once
 API_KEY = "rollout-test-key"
 # A new pod loads on cores of its own; here every replica shares the machine's, so the one that
-# is loading gets a quarter of a serving replica's CPU weight until it is ready, and then the same
-CPU_SHARES, LOADING_CPU_SHARES = 1024, 256
+# is loading gets a sixteenth of a serving replica's CPU weight until it is ready, and then the same
+CPU_SHARES, LOADING_CPU_SHARES = 1024, 64
 P99_RATIO_LIMIT = 2.0
 TABLE = REPO / "test-artifacts" / "rollout" / "table.md"
 EMBED = "/mhaserve.v1.Encoder/Embed"
@@ -193,6 +193,8 @@ class Replacement:
     out_of_rotation_s: float  # SIGTERM -> the balancer has the old one DOWN
     exit_s: float  # SIGTERM -> the old container has exited
     exit_code: int
+    loading: tuple[float, float] = (0.0, 0.0)  # monotonic: docker run -> the new one ready
+    stopping: tuple[float, float] = (0.0, 0.0)  # monotonic: SIGTERM -> the old one exited
 
 
 @dataclass
@@ -282,6 +284,8 @@ async def replace(fleet: Fleet, balancer: Balancer, old: str, new: str) -> Repla
         out_of_rotation_s=down_at - sigterm_at,
         exit_s=exited_at - sigterm_at,
         exit_code=state["ExitCode"],
+        loading=(started, started + ready_s),
+        stopping=(sigterm_at, exited_at),
     )
 
 
@@ -398,9 +402,15 @@ def table(run: Run, by_phase: dict[str, Phase], shares: dict[str, int], pod: Pod
 
     share = ", ".join(f"{name} {n}" for name, n in sorted(shares.items()))
     row("steady, before the rollout", by_phase["steady"], f"answers by replica: {share}")
+
+    def p99_ms(window: tuple[float, float]) -> float:
+        answered = [o.seconds for o in run.outcomes if window[0] <= o.sent_at < window[1] and o.status == "200"]
+        return float(np.percentile(answered, 99)) * 1000 if answered else float("nan")
+
     notes = "; ".join(
-        f"{r.new} ready {r.new_ready_s:.1f} s after `docker run`, in rotation {r.taken_in_s:.1f} s later; "
-        f"{r.old} out of rotation {r.out_of_rotation_s:.1f} s after SIGTERM, exit {r.exit_code} after {r.exit_s:.1f} s"
+        f"{r.new} ready {r.new_ready_s:.1f} s after `docker run` (p99 meanwhile {p99_ms(r.loading):.0f} ms), in "
+        f"rotation {r.taken_in_s:.1f} s later; {r.old} out of rotation {r.out_of_rotation_s:.1f} s after SIGTERM, "
+        f"exit {r.exit_code} after {r.exit_s:.1f} s (p99 meanwhile {p99_ms(r.stopping):.0f} ms)"
         for r in run.replacements
     )
     row("rollout: r1 by r3, then r2 by r4", by_phase["rollout"], notes)
