@@ -77,19 +77,21 @@ def test_after_sigkill_a_restart_is_ready_only_after_warm_up(start_server):
         while True:
             assert time.monotonic() < deadline, second.log()[-2000:]
             with contextlib.suppress(httpx.HTTPError):
+                # gRPC health first: it follows readiness, so if REST still says loading after it,
+                # gRPC must have said NOT_SERVING (the other order races the turn to ready)
+                grpc_status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
                 ready = httpx.get(second.url + "/health/ready", timeout=5)
                 embed = httpx.post(second.url + "/v1/embed", json={"inputs": ["too early?"]}, timeout=30)
-                grpc_status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
                 log = second.log()
                 if ready.status_code == 200:
                     assert "warm-up took" in log and "ready: ModelInfo" in log
                     assert embed.status_code == 200
                     break
                 assert ready.json()["status"] == "loading"
+                assert grpc_status == health_pb2.HealthCheckResponse.NOT_SERVING
                 assert embed.status_code in (200, 503), embed.text  # 200: it turned ready in between
                 if embed.status_code == 503:
                     assert embed.json()["error"]["type"] == "not_ready"
-                    assert grpc_status == health_pb2.HealthCheckResponse.NOT_SERVING
                 observed.append((ready.status_code, health_pb2.HealthCheckResponse.ServingStatus.Name(grpc_status)))
             time.sleep(0.02)
     assert observed and observed[0] == (503, "NOT_SERVING"), observed[:3]  # it was seen loading, not ready
