@@ -127,8 +127,10 @@ def test_api_key_is_required_on_data_routes_only(start_fake_server):
     assert "k-one" not in keyed.log() and "k-two" not in keyed.log()
 
 
-# the queue holds 300 tokens and each batch of one takes 50 ms: 40 requests of 25 tokens overflow it
-BUSY = ("--max-queue-tokens", "300", "--max-batch-size", "1", "--max-wait-ms", "0", "--fake-batch-ms", "50")
+# The queue holds 320 tokens and each batch of one takes 50 ms: 40 requests of 25 tokens overflow it.
+# Twelve fit, leaving 20 tokens of room: busy, not so full that the edge refuses before reading a body
+# (it then answers even a request too big for any queue with 429, and the 413 on its retry).
+BUSY = ("--max-queue-tokens", "320", "--max-batch-size", "1", "--max-wait-ms", "0", "--fake-batch-ms", "50")
 
 
 def test_full_queue_is_429_with_retry_after(start_fake_server, fake_reference):
