@@ -5,7 +5,6 @@ sizes, deadlines, a full queue and a failing batch."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -32,14 +31,9 @@ def grpc_requests(text: str, route: str, code: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def channel(fake_server) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(fake_server.grpc_target) as channel:
-        yield channel
-
-
-@pytest.fixture(scope="module")
-def stub(channel) -> encoder_pb2_grpc.EncoderStub:
-    return encoder_pb2_grpc.EncoderStub(channel)
+def served(fake_server):
+    """The edge's behaviour is the same whatever computes."""
+    return fake_server
 
 
 def test_stream_answers_1000_requests_in_flight_each_matched_to_its_id(start_fake_server, fake_reference):

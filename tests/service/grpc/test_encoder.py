@@ -3,14 +3,10 @@ and attention equal in-process onnxruntime, and the model card."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import grpc
 import numpy as np
 import pytest
 
 from protos.mhaserve.v1 import encoder_pb2 as pb
-from protos.mhaserve.v1 import encoder_pb2_grpc
 from tests.support.decode import decode_float32
 from tests.support.reference import SENTENCES
 
@@ -27,14 +23,9 @@ def array(tensor: pb.Tensor) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def channel(server) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(server.grpc_target) as channel:
-        yield channel
-
-
-@pytest.fixture(scope="module")
-def stub(channel) -> encoder_pb2_grpc.EncoderStub:
-    return encoder_pb2_grpc.EncoderStub(channel)
+def served(server):
+    """The default model: these tests compare numbers with in-process onnxruntime."""
+    return server
 
 
 # every RPC -------------------------------------------------------------------------------

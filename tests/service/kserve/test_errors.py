@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import struct
 import time
-from collections.abc import Iterator
 
 import grpc
 import httpx
@@ -29,23 +28,9 @@ KEY = "kserve-test-key"
 
 
 @pytest.fixture(scope="module")
-def http_client(fake_server) -> Iterator[triton_http.InferenceServerClient]:
-    client = triton_http.InferenceServerClient(f"127.0.0.1:{fake_server.http_port}")
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def grpc_client(fake_server) -> Iterator[triton_grpc.InferenceServerClient]:
-    client = triton_grpc.InferenceServerClient(fake_server.grpc_target)
-    yield client
-    client.close()
-
-
-@pytest.fixture(params=["http", "grpc"])
-def client(request, http_client, grpc_client):
-    """Each test that takes `client` runs once per tritonclient flavour."""
-    return (triton_http, http_client) if request.param == "http" else (triton_grpc, grpc_client)
+def served(fake_server):
+    """Refusals are the protocol's, whatever computes."""
+    return fake_server
 
 
 def ids_input(module):

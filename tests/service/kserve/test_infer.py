@@ -4,8 +4,6 @@ every transport the server speaks; health and the model's metadata."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import httpx
 import numpy as np
@@ -36,23 +34,9 @@ def rest_embed(server, body: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def http_client(server) -> Iterator[triton_http.InferenceServerClient]:
-    client = triton_http.InferenceServerClient(f"127.0.0.1:{server.http_port}")
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def grpc_client(server) -> Iterator[triton_grpc.InferenceServerClient]:
-    client = triton_grpc.InferenceServerClient(server.grpc_target)
-    yield client
-    client.close()
-
-
-@pytest.fixture(params=["http", "grpc"])
-def client(request, http_client, grpc_client):
-    """Each test that takes `client` runs once per tritonclient flavour."""
-    return (triton_http, http_client) if request.param == "http" else (triton_grpc, grpc_client)
+def served(server):
+    """The default model: these tests compare numbers across transports."""
+    return server
 
 
 # inference -------------------------------------------------------------------------------
