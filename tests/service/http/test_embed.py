@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import numpy as np
 
 from tests.support.decode import decode_float32
-from tests.support.http import post, scrape
+from tests.support.http import embed_concurrently, post, scrape
 from tests.support.prometheus import metric_value
 from tests.support.reference import SENTENCES
 
@@ -88,15 +87,9 @@ def test_tokenize_gives_word_pieces_with_offsets(server, reference):
 # concurrency and batching ----------------------------------------------------------------
 
 
-async def embed_concurrently(url: str, texts: list[str]) -> list[httpx.Response]:
-    limits = httpx.Limits(max_connections=len(texts))
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        return await asyncio.gather(*(client.post("/v1/embed", json={"inputs": text}) for text in texts))
-
-
 def test_200_concurrent_requests_each_get_their_own_vector(server, reference):
     texts = [f"request number {i}: {SENTENCES[i % len(SENTENCES)]}" for i in range(200)]
-    responses = asyncio.run(embed_concurrently(server.url, texts))
+    responses = asyncio.run(embed_concurrently(server, texts))
     for text, response in zip(texts, responses, strict=True):
         assert response.status_code == 200, response.text
         np.testing.assert_allclose(response.json()["embeddings"][0], reference.embedding(text), atol=1e-5)
@@ -104,7 +97,7 @@ def test_200_concurrent_requests_each_get_their_own_vector(server, reference):
 
 def test_concurrent_single_sentences_are_computed_together(server):
     before = scrape(server)
-    asyncio.run(embed_concurrently(server.url, [f"sentence {i} about batching" for i in range(64)]))
+    asyncio.run(embed_concurrently(server, [f"sentence {i} about batching" for i in range(64)]))
     after = scrape(server)
     batches = metric_value(after, "mhaserve_batch_size_count") - metric_value(before, "mhaserve_batch_size_count")
     sequences = metric_value(after, "mhaserve_batch_size_sum") - metric_value(before, "mhaserve_batch_size_sum")

@@ -10,16 +10,10 @@ import pytest
 
 from service.backends.fake import FAKE_SPEC
 from tests.support.fake import assert_matches
-from tests.support.http import post, scrape
+from tests.support.http import embed_concurrently, post, scrape
 from tests.support.prometheus import metric_value
 from tests.support.reference import SENTENCES
 from tests.support.server import launch
-
-
-async def embed_concurrently(url: str, texts: list[str]) -> list[httpx.Response]:
-    limits = httpx.Limits(max_connections=len(texts))
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        return await asyncio.gather(*(client.post("/v1/embed", json={"inputs": text}) for text in texts))
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +130,7 @@ BUSY = ("--max-queue-tokens", "320", "--max-batch-size", "1", "--max-wait-ms", "
 def test_full_queue_is_429_with_retry_after(start_fake_server, fake_reference):
     busy = start_fake_server(*BUSY)
     texts = [f"{SENTENCES[5]} ({i})" for i in range(40)]  # 25 tokens each: the queue holds 12
-    responses = asyncio.run(embed_concurrently(busy.url, texts))
+    responses = asyncio.run(embed_concurrently(busy, texts))
     codes = [r.status_code for r in responses]
     assert 429 in codes and 200 in codes, codes
     assert set(codes) <= {200, 429}
