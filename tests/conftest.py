@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from artifact.manifest import Artifact
+from tests.support.fake import FakeReference
 from tests.support.reference import Reference
 from tests.support.server import ARTIFACT, ServerProcess, launch
 
@@ -66,3 +67,9 @@ def start_server(artifact: Artifact) -> Iterator:
 @pytest.fixture(scope="session")
 def reference(artifact: Artifact) -> Reference:
     return Reference(artifact)
+
+
+@pytest.fixture(scope="session")
+def fake_reference() -> FakeReference:
+    """What a `--backend fake` server must answer: its documented hidden states, pooled in numpy."""
+    return FakeReference()

@@ -1,9 +1,11 @@
 """A deterministic backend with no artifact and no onnxruntime: for the engine's own tests.
 
-Its tokenizer splits on whitespace and punctuation into a word-level vocabulary that grows
-as it meets words, with [CLS] and [SEP] around every text. Hidden state t of a sequence is
-(token id of t, position of t, length of the sequence, 1, 0, ...), so pooling, slicing and
-padding mistakes change the numbers; attention is uniform over each sequence's own tokens.
+Its tokenizer splits on whitespace and punctuation into a word-level vocabulary of a few
+English words and every number below 10 000 (anything else is [UNK]), with [CLS] and [SEP]
+around every text, so texts that differ by a number ("request 17", "request 18") differ in
+ids and vectors. Hidden state t of a sequence is (token id of t, position of t, length of
+the sequence, 1, 0, ...), so pooling, slicing and padding mistakes change the numbers;
+attention is uniform over each sequence's own tokens.
 `delay_s` makes every batch take that long (a slow runtime), and `calls` records the last
 CALLS_KEPT batches' shapes, so tests can see what was batched together (and a served fake
 keeps a bounded record however long it runs).
@@ -46,10 +48,12 @@ WORDS = [
     "need",
     "short",
 ]
+NUMBERS = 10_000
 
 
 def fake_tokenizer(max_len: int) -> Tokenizer:
-    vocab = {**SPECIAL, **{word: i + len(SPECIAL) for i, word in enumerate(WORDS)}}
+    words = [*WORDS, *map(str, range(NUMBERS))]
+    vocab = {**SPECIAL, **{word: i + len(SPECIAL) for i, word in enumerate(words)}}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
     tokenizer.post_processor = processors.TemplateProcessing(

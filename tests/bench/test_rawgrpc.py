@@ -1,5 +1,6 @@
-"""RawGrpc, the flood's gRPC load generator, against a real server: it must read every answer
-the way grpcio's generated stubs do, or the reliability table would count the wrong things."""
+"""RawGrpc, the flood's gRPC load generator, against a real server process (`--backend fake`: what
+is checked is the wire): it must read every answer the way grpcio's generated stubs do, or the
+reliability table would count the wrong things."""
 
 from __future__ import annotations
 
@@ -33,20 +34,20 @@ def call(server, path: str, message: bytes, **kwargs):
     return asyncio.run(one())
 
 
-def test_an_answer_is_the_one_the_generated_stub_gets(server):
+def test_an_answer_is_the_one_the_generated_stub_gets(fake_server):
     request = pb.EmbedRequest(inputs=TEXTS)
-    reply = call(server, EMBED, request.SerializeToString())
+    reply = call(fake_server, EMBED, request.SerializeToString())
     assert (reply.code, reply.message) == (0, "")
     raw = pb.EmbedResponse.FromString(reply.payload)
-    with grpc.insecure_channel(server.grpc_target) as channel:
+    with grpc.insecure_channel(fake_server.grpc_target) as channel:
         stub = encoder_pb2_grpc.EncoderStub(channel).Embed(request, timeout=30)
     assert len(raw.embeddings) == len(stub.embeddings) == 2
     for a, b in zip(raw.embeddings, stub.embeddings, strict=True):
         np.testing.assert_array_equal(np.asarray(a.values), np.asarray(b.values))
 
 
-def test_an_error_keeps_its_code_its_message_and_the_error_type_trailer(server):
-    reply = call(server, EMBED, pb.EmbedRequest(inputs=[""]).SerializeToString())
+def test_an_error_keeps_its_code_its_message_and_the_error_type_trailer(fake_server):
+    reply = call(fake_server, EMBED, pb.EmbedRequest(inputs=[""]).SerializeToString())
     assert reply.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "empty string" in reply.message  # percent-decoded
     assert reply.trailers[ERROR_TYPE_METADATA] == "invalid_request"
@@ -62,15 +63,15 @@ def test_a_message_over_one_frame_is_refused_before_sending():
     asyncio.run(too_big())
 
 
-def test_an_unknown_method_is_unimplemented(server):
-    reply = call(server, "/mhaserve.v1.Encoder/NoSuchMethod", b"")
+def test_an_unknown_method_is_unimplemented(fake_server):
+    reply = call(fake_server, "/mhaserve.v1.Encoder/NoSuchMethod", b"")
     assert reply.code == grpc.StatusCode.UNIMPLEMENTED.value[0]
 
 
-def test_a_full_queue_is_resource_exhausted(start_server):
+def test_a_full_queue_is_resource_exhausted(start_fake_server):
     """One request waits in the queue for company (--batch-wait always) and fills it, so the next is refused."""
     blocker = "a request that waits in the queue for company"
-    server = start_server(
+    server = start_fake_server(
         "--batch-wait", "always", "--max-wait-ms", "600000", "--max-queue-tokens", str(len(blocker.split()) + 2),
         "--shutdown-grace-s", "1",
     )  # fmt: skip
@@ -85,9 +86,9 @@ def test_a_full_queue_is_resource_exhausted(start_server):
     assert reply.trailers[ERROR_TYPE_METADATA] == "overloaded"
 
 
-def test_many_calls_at_once_each_get_their_own_answer(server):
+def test_many_calls_at_once_each_get_their_own_answer(fake_server):
     async def many():
-        client = RawGrpc("127.0.0.1", server.grpc_port, timeout_s=30, patience_s=60)
+        client = RawGrpc("127.0.0.1", fake_server.grpc_port, timeout_s=30, patience_s=60)
         try:
             texts = [f"sentence number {i}" for i in range(200)]
             replies = await asyncio.gather(
@@ -101,9 +102,9 @@ def test_many_calls_at_once_each_get_their_own_answer(server):
     assert [pb.EmbedResponse.FromString(r.payload).id for r in replies] == texts
 
 
-def test_calls_go_on_across_the_servers_goaway(start_server):
+def test_calls_go_on_across_the_servers_goaway(start_fake_server):
     """The server ends connections after --grpc-max-connection-age-s; the client reconnects."""
-    server = start_server("--grpc-max-connection-age-s", "1", "--grpc-max-connection-age-grace-s", "2")
+    server = start_fake_server("--grpc-max-connection-age-s", "1", "--grpc-max-connection-age-grace-s", "2")
 
     async def across():
         client = RawGrpc("127.0.0.1", server.grpc_port, timeout_s=30, patience_s=60)

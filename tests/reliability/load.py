@@ -20,10 +20,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from artifact.pooling import l2_normalize, mean_pool, pad_batch
 from bench.rawgrpc import RawGrpc
 from protos.mhaserve.v1 import encoder_pb2 as pb
 from tests.support.decode import decode_float32
+from tests.support.fake import FakeReference
 from tests.support.http import RawHttp
 from tests.support.prometheus import samples
 from tests.support.reference import Reference
@@ -81,7 +81,16 @@ class Senders:
     minimal HTTP/2 client: a flood's load generator shares the server's cores, and grpcio's
     client would take 0.4 of them (RawHttp stands in for httpx for the same reason)."""
 
-    def __init__(self, server: ServerProcess, *, patience_s: float, grpc_timeout_s: float, raw_grpc: bool = False):
+    def __init__(
+        self,
+        server: ServerProcess,
+        *,
+        patience_s: float,
+        grpc_timeout_s: float,
+        raw_grpc: bool = False,
+        model: str = MODEL,
+    ):
+        self.model = model  # the name KServe's route takes
         self.http = RawHttp("127.0.0.1", server.http_port, patience_s)
         self.raw_grpc = None
         if raw_grpc:
@@ -137,7 +146,7 @@ class Senders:
 
     async def _kserve(self, text: str) -> tuple[str, np.ndarray | None, str]:
         body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}]}
-        status, headers, raw = await self.http.post(f"/v2/models/{MODEL}/infer", body)
+        status, headers, raw = await self.http.post(f"/v2/models/{self.model}/infer", body)
         if status != 200:
             return str(status), None, refusal_detail(headers, raw)
         (output,) = json.loads(raw)["outputs"]
@@ -208,17 +217,6 @@ async def closed_loop(
     return outcomes
 
 
-def reference_vectors(reference: Reference, texts: list[str], batch: int = 64) -> np.ndarray:
-    """Mean-pooled, normalised embeddings from the reference session, computed in batches."""
-    out = []
-    for start in range(0, len(texts), batch):
-        chunk = texts[start : start + batch]
-        ids, mask = pad_batch([reference.ids(t) for t in chunk])
-        (hidden,) = reference.fast.run(None, {"input_ids": ids, "attention_mask": mask})
-        out.append(l2_normalize(mean_pool(hidden, mask.sum(1))))
-    return np.concatenate(out) if out else np.zeros((0, 384), dtype=np.float32)
-
-
 @dataclass
 class Summary:
     """One row of the reliability table."""
@@ -245,11 +243,12 @@ class Summary:
             f.write(json.dumps(row) + "\n")
 
 
-def summarise(scenario: str, outcomes: list[Outcome], reference: Reference, atol: float = 1e-5) -> Summary:
+def summarise(scenario: str, outcomes: list[Outcome], reference: Reference | FakeReference) -> Summary:
+    """The table row of `outcomes`, each answer checked against `reference` (the served model's)."""
     answered = [o for o in outcomes if o.status == "200"]
     texts = sorted({o.text for o in answered}, key=len)  # each text once, similar lengths together
-    expected = dict(zip(texts, reference_vectors(reference, texts), strict=True))
-    wrong = [o for o in answered if o.vector is None or not np.allclose(o.vector, expected[o.text], atol=atol)]
+    expected = dict(zip(texts, reference.embeddings(texts), strict=True))
+    wrong = [o for o in answered if o.vector is None or not reference.close(o.vector, expected[o.text])]
     codes = Counter(o.status for o in outcomes if o.status != "200")
     refused = {code: codes[code] for code in (*REFUSALS, CLOSED) if codes[code]}
     explicit = ("200", *REFUSALS, CLOSED)

@@ -1,6 +1,7 @@
 """Promise 9: with API keys configured (several, from a file and the environment), every data route
 of every transport refuses a missing or wrong key, health stays open, /metrics is keyed by a setting,
-and no key ever shows up in the log, the metrics or an error body."""
+and no key ever shows up in the log, the metrics or an error body. Keys are checked at the edges,
+whatever computes: the server here runs `--backend fake`."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import grpc
 import httpx
 import pytest
 
+from service.backends.fake import FAKE_SPEC
 from tests.support.server import REPO, launch
 
-MODEL = "all-minilm-l6-v2"
+MODEL = FAKE_SPEC.name
 FILE_KEYS = (f"file-key-{secrets.token_hex(8)}", f"file-key-{secrets.token_hex(8)}")
 ENV_KEY = f"env-key-{secrets.token_hex(8)}"
 WRONG_KEY = f"wrong-key-{secrets.token_hex(8)}"
@@ -42,7 +44,7 @@ def keyed(tmp_path_factory):
     key_file.write_text(f"# mounted from a Secret\n{FILE_KEYS[0]}\n\n{FILE_KEYS[1]}\n")
     server = launch(
         "--api-key-file", str(key_file), "--metrics-require-key", "true", "--log-level", "debug",
-        env={"MHASERVE_API_KEYS": ENV_KEY},
+        env={"MHASERVE_API_KEYS": ENV_KEY}, model_dir=None,
     )  # fmt: skip
     yield server
     server.stop()

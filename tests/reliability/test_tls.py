@@ -1,5 +1,7 @@
 """Promise 10: --tls-cert/--tls-key serve HTTPS and gRPC over TLS; --tls-client-ca requires client
-certificates on gRPC (mTLS). Certificates are made by the test (tests/reliability/conftest.py)."""
+certificates on gRPC (mTLS). Certificates are made by the test (tests/reliability/conftest.py).
+TLS is the transports' own: the servers here run `--backend fake`, and their vectors are checked
+against the fake's."""
 
 from __future__ import annotations
 
@@ -12,10 +14,11 @@ from pathlib import Path
 
 import grpc
 import httpx
-import numpy as np
 import pytest
 
 from protos.mhaserve.v1 import encoder_pb2 as pb
+from service.backends.fake import FAKE_SPEC
+from tests.support.fake import assert_matches
 from tests.support.server import ARTIFACT, REPO, ServerProcess, launch
 
 TEXT = "Attention is all you need."
@@ -52,8 +55,9 @@ def embed(channel: grpc.Channel, timeout: float = 10) -> pb.EmbedResponse:
 @pytest.fixture(scope="module")
 def tls_server(certificates):
     server = launch(
-        "--tls-cert", str(certificates.server.cert), "--tls-key", str(certificates.server.key), wait_ready=False
-    )
+        "--tls-cert", str(certificates.server.cert), "--tls-key", str(certificates.server.key),
+        model_dir=None, wait_ready=False,
+    )  # fmt: skip
     url = wait_ready_over_tls(server, certificates.ca.cert)
     yield server, url
     server.stop()
@@ -65,22 +69,22 @@ def mtls_server(certificates):
         "--tls-cert", str(certificates.server.cert),
         "--tls-key", str(certificates.server.key),
         "--tls-client-ca", str(certificates.ca.cert),
-        wait_ready=False,
+        model_dir=None, wait_ready=False,
     )  # fmt: skip
     url = wait_ready_over_tls(server, certificates.ca.cert)
     yield server, url
     server.stop()
 
 
-def test_https_serves_rest_and_kserve_with_the_right_vectors(tls_server, certificates, reference):
+def test_https_serves_rest_and_kserve_with_the_right_vectors(tls_server, certificates, fake_reference):
     server, url = tls_server
     ca = trust(certificates.ca.cert)
     rest = httpx.post(url + "/v1/embed", json={"inputs": [TEXT]}, verify=ca, timeout=30)
     assert rest.status_code == 200
-    np.testing.assert_allclose(rest.json()["embeddings"][0], reference.embedding(TEXT), atol=1e-5)
-    kserve = httpx.post(url + "/v2/models/all-minilm-l6-v2/infer", json=KSERVE_INFER, verify=ca, timeout=30)
+    assert_matches(rest.json()["embeddings"][0], fake_reference.embedding(TEXT))
+    kserve = httpx.post(f"{url}/v2/models/{FAKE_SPEC.name}/infer", json=KSERVE_INFER, verify=ca, timeout=30)
     assert kserve.status_code == 200
-    np.testing.assert_allclose(kserve.json()["outputs"][0]["data"], reference.embedding(TEXT), atol=1e-5)
+    assert_matches(kserve.json()["outputs"][0]["data"], fake_reference.embedding(TEXT))
     assert "listening: REST https://" in server.log()
 
 
@@ -96,18 +100,17 @@ def test_a_client_that_does_not_trust_the_server_certificate_stops(tls_server):
         httpx.get(url + "/health/live", timeout=10)  # the system's CAs: our test CA is not among them
 
 
-def test_grpc_over_tls_works_and_plaintext_grpc_is_refused(tls_server, certificates, reference):
+def test_grpc_over_tls_works_and_plaintext_grpc_is_refused(tls_server, certificates, fake_reference):
     server, _ = tls_server
     credentials = grpc.ssl_channel_credentials(root_certificates=certificates.ca.cert_bytes)
     with grpc.secure_channel(server.grpc_target, credentials) as channel:
-        vector = np.asarray(embed(channel).embeddings[0].values, dtype=np.float32)
-    np.testing.assert_allclose(vector, reference.embedding(TEXT), atol=1e-5)
+        assert_matches(embed(channel).embeddings[0].values, fake_reference.embedding(TEXT))
     with grpc.insecure_channel(server.grpc_target) as channel, pytest.raises(grpc.RpcError) as refused:
         embed(channel, timeout=5)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_mtls_lets_in_the_client_certificate_of_the_trusted_ca_only(mtls_server, certificates, reference):
+def test_mtls_lets_in_the_client_certificate_of_the_trusted_ca_only(mtls_server, certificates, fake_reference):
     server, _ = mtls_server
     trusted = grpc.ssl_channel_credentials(
         root_certificates=certificates.ca.cert_bytes,
@@ -115,8 +118,7 @@ def test_mtls_lets_in_the_client_certificate_of_the_trusted_ca_only(mtls_server,
         certificate_chain=certificates.client.cert_bytes,
     )
     with grpc.secure_channel(server.grpc_target, trusted) as channel:
-        vector = np.asarray(embed(channel).embeddings[0].values, dtype=np.float32)
-    np.testing.assert_allclose(vector, reference.embedding(TEXT), atol=1e-5)
+        assert_matches(embed(channel).embeddings[0].values, fake_reference.embedding(TEXT))
 
     stranger = grpc.ssl_channel_credentials(
         root_certificates=certificates.ca.cert_bytes,

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from service import errors
+from service.backends.fake import FAKE_SPEC
 from service.client import Embeddings, GrpcClient, RestClient, embed_message
 from service.types import AttentionSelection
 from tests.support.server import REPO, launch
@@ -108,10 +109,10 @@ def test_errors_are_the_servers_own_types(client, call, error):
 
 
 @pytest.fixture(scope="module")
-def guarded(artifact):
+def guarded():
     process = launch(
-        "--api-keys", KEY, "--max-wait-ms", "2000", "--batch-wait", "always"
-    )  # slow batches: room for deadlines
+        "--api-keys", KEY, "--max-wait-ms", "2000", "--batch-wait", "always", model_dir=None
+    )  # slow batches: room for deadlines; keys and deadlines are the transports', whatever computes
     yield process
     process.stop()
 
@@ -127,7 +128,7 @@ def test_api_keys_and_deadlines_raise_typed_errors(guarded):
                 anonymous.embed("x")
             with pytest.raises(errors.DeadlineExceeded):
                 keyed.embed("waits up to 2 s for company", timeout_s=0.3)
-            assert keyed.embed("x", timeout_s=10).embeddings.shape == (1, 384)
+            assert keyed.embed("x", timeout_s=10).embeddings.shape == (1, FAKE_SPEC.embedding_dim)
 
 
 def test_the_grpc_docs_python_examples_run_against_a_real_server(server):

@@ -3,6 +3,7 @@ measure the client, and raw bytes on a socket for requests no client would send.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import httpx
@@ -10,12 +11,19 @@ import httpx
 from bench.loadgen import RawHttp
 from tests.support.server import ServerProcess
 
-__all__ = ["RawHttp", "post", "raw_request", "scrape"]
+__all__ = ["RawHttp", "embed_concurrently", "post", "raw_request", "scrape"]
 
 
 def post(server: ServerProcess, path: str, body: object, **kwargs) -> httpx.Response:
     """POST `body` as JSON to one of the server's REST routes."""
     return httpx.post(server.url + path, json=body, timeout=60, **kwargs)
+
+
+async def embed_concurrently(server: ServerProcess, texts: list[str]) -> list[httpx.Response]:
+    """One /v1/embed request per text, all in flight at once, each on its own connection."""
+    limits = httpx.Limits(max_connections=len(texts))
+    async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
+        return await asyncio.gather(*(client.post("/v1/embed", json={"inputs": text}) for text in texts))
 
 
 def scrape(server: ServerProcess) -> str:

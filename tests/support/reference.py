@@ -7,7 +7,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from artifact.manifest import ATTENTION, FAST, Artifact
-from artifact.pooling import pad_batch, pool
+from artifact.pooling import l2_normalize, mean_pool, pad_batch, pool
 
 # a mix of lengths, scripts and punctuation, shared by the transport tests
 SENTENCES = [
@@ -43,6 +43,20 @@ class Reference:
     def embedding(self, text: str, pooling: str = "mean", normalize: bool = True) -> np.ndarray:
         hidden = self.hidden(text)[None]
         return pool(hidden, np.array([hidden.shape[1]]), pooling, normalize)[0]
+
+    def embeddings(self, texts: list[str], batch: int = 64) -> np.ndarray:
+        """(len(texts), d_model): the default (mean-pooled, normalised) vector of each text, in batches."""
+        out = []
+        for start in range(0, len(texts), batch):
+            input_ids, mask = pad_batch([self.ids(t) for t in texts[start : start + batch]])
+            (hidden,) = self.fast.run(None, {"input_ids": input_ids, "attention_mask": mask})
+            out.append(l2_normalize(mean_pool(hidden, mask.sum(1))))
+        return np.concatenate(out) if out else np.zeros((0, self.artifact.manifest.embedding_dim), dtype=np.float32)
+
+    @staticmethod
+    def close(actual: np.ndarray, expected: np.ndarray) -> bool:
+        """An answer equals this reference's to the graphs' float32 differences across batch shapes."""
+        return bool(np.allclose(actual, expected, atol=1e-5))
 
     def attention(self, text: str) -> np.ndarray:
         input_ids, mask = pad_batch([self.ids(text)])

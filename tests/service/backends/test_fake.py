@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.backends.fake import CALLS_KEPT, FakeBackend
+from service.backends.fake import CALLS_KEPT, NUMBERS, SPECIAL, FakeBackend
 
 
 def test_a_served_fake_keeps_only_its_latest_batches():
@@ -23,3 +23,11 @@ def test_hidden_states_say_token_position_and_length_and_are_zero_where_padded()
     hidden = backend.embed(ids, mask)
     np.testing.assert_array_equal(hidden[0, :, :4], [[2, 0, 3, 1], [7, 1, 3, 1], [3, 2, 3, 1]])
     np.testing.assert_array_equal(hidden[1, 2], np.zeros(backend.spec.d_model))
+
+
+def test_texts_that_differ_by_a_number_differ_in_ids_and_other_unknown_words_are_unk():
+    tokenizer = FakeBackend().tokenizer
+    seventeen, eighteen = tokenizer.encode("request 17").ids, tokenizer.encode("request 18").ids
+    assert len(seventeen) == len(eighteen) == 4 and seventeen != eighteen
+    assert seventeen[1] == SPECIAL["[UNK]"]  # "request" is not among the fake's words
+    assert tokenizer.encode(f"{NUMBERS}").ids[1] == SPECIAL["[UNK]"]
