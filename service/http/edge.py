@@ -9,10 +9,7 @@ shape, {"error": message}, which tritonclient reads; every other route answers
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -25,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.core.capacity import Ticket
 from service.core.models import Models
 from service.errors import InvalidRequest, MhaserveError, NotFound, Overloaded, PayloadTooLarge, Unauthenticated
+from service.http.data_routes import DataRoute, data_route
 from service.http.schemas import ErrorResponse, KServeErrorResponse
 from service.metrics import Metrics
 from service.types import EmbedRequest, EmbedResult, total_time
@@ -142,38 +140,6 @@ def error_responses(*statuses: int, kserve: bool = False) -> dict[int | str, dic
     """OpenAPI `responses` for the error statuses a route may answer."""
     model = KServeErrorResponse if kserve else ErrorResponse
     return {status: {"model": model, "description": ERROR_MEANINGS[status]} for status in statuses}
-
-
-@dataclass(frozen=True)
-class DataRoute:
-    """A POST route that queues work, as the edge sees it before routing: its metrics label,
-    the model its path names (KServe), and how to find the texts and model in a JSON body."""
-
-    path: str  # the route template, as FastAPI's route would report it
-    texts: Callable[[Any], Any]
-    model: str | None = None  # named by the path
-    model_field: str | None = None  # or by this body field
-
-
-def kserve_texts(body: Any) -> Any:
-    return body["inputs"][0]["data"]
-
-
-DATA_POST_ROUTES = {
-    "/v1/embed": DataRoute("/v1/embed", lambda body: body["inputs"], model_field="model"),
-    "/v1/embeddings": DataRoute("/v1/embeddings", lambda body: body["input"], model_field="model"),
-}
-KSERVE_INFER = re.compile(r"^/v2/models/([^/]+)(/versions/[^/]+)?/infer$")
-
-
-def data_route(path: str) -> DataRoute | None:
-    if path in DATA_POST_ROUTES:
-        return DATA_POST_ROUTES[path]
-    match = KSERVE_INFER.match(path)
-    if match is None:
-        return None
-    template = "/v2/models/{name}/versions/{version}/infer" if match.group(2) else "/v2/models/{name}/infer"
-    return DataRoute(template, kserve_texts, model=match.group(1))
 
 
 TICKET = "mhaserve.ticket"  # scope key: the request's Ticket from Models.try_admit, until the engine takes it

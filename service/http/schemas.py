@@ -8,7 +8,7 @@ models below exist to document the shapes in OpenAPI and are what the tests vali
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
@@ -95,6 +95,11 @@ class EmbedBody(Strict):
     )
     timeout_s: float | None = Field(None, gt=0, le=600, description="deadline for this request, seconds")
 
+    @staticmethod
+    def peek(body: Any) -> Any:
+        """The texts of a parsed body, for the edge's decision before validation (data_routes)."""
+        return body["inputs"]
+
     def to_request(self) -> EmbedRequest:
         attention = None
         if self.return_attention is not None:
@@ -128,6 +133,10 @@ class OpenAIEmbeddingsBody(BaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: StrictInt | None = None
     user: StrictStr | None = None
+
+    @staticmethod
+    def peek(body: Any) -> Any:
+        return body["input"]
 
 
 class TokenizeBody(Strict):
