@@ -268,18 +268,6 @@ class Engine:
             encodings = await self._encode(request.inputs, request.truncate)
             return TokenizeResult(model=self.model_info().name, tokens=[to_tokens(e) for e in encodings])
 
-    # what the transports' edges ask before parsing a request -----------------------------
-
-    def clearly_full(self) -> bool:
-        """No room in the queue even for the smallest request."""
-        if self.capacity is None or self.draining:  # loading or shutting down: the full path answers 503
-            return False
-        return self.capacity.clearly_full()
-
-    def refusal(self) -> Overloaded:
-        assert self.capacity is not None
-        return self.capacity.refusal()
-
     # helpers ---------------------------------------------------------------------------
 
     def _admit(self) -> tuple[Capacity, Validation]:

@@ -101,10 +101,3 @@ class Models:
 
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResult:
         return await self.engine(request.model).tokenize(request)
-
-    def clearly_full(self, name: str | None = None) -> bool:
-        """Whether a request for this model (None: not known yet, before parsing) clearly cannot
-        be queued, even at the smallest size: for an unknown model, only when none has room."""
-        if name:
-            return name in self.engines and self.engines[name].clearly_full()
-        return all(engine.clearly_full() for engine in self.engines.values())

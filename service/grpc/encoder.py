@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 
 from protos.mhaserve.v1 import encoder_pb2 as pb
+from service.core.capacity import Ticket
 from service.core.models import Models
 from service.errors import InvalidRequest, MhaserveError
 from service.grpc.edge import Context, Rpc, time_remaining
@@ -101,7 +102,7 @@ class EncoderServicer:
     """mhaserve.v1.Encoder: each method translates a parsed message into one engine call."""
 
     RPCS = (
-        Rpc("Embed", pb.EmbedRequest, queues_work=True),
+        Rpc("Embed", pb.EmbedRequest, admits=lambda m: (m.model, m.inputs)),
         Rpc("EmbedStream", pb.EmbedRequest, stream_error=stream_error),
         Rpc("Tokenize", pb.TokenizeRequest),
         Rpc("GetModelInfo", pb.GetModelInfoRequest),
@@ -110,8 +111,8 @@ class EncoderServicer:
     def __init__(self, models: Models):
         self.models = models
 
-    async def Embed(self, message: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
-        result = await self._embed(message, context)
+    async def Embed(self, message: pb.EmbedRequest, context: Context, ticket: Ticket) -> pb.EmbedResponse:
+        result = await self._embed(message, context, ticket)
         context.set_trailing_metadata(result.timings.fields())  # the edge adds x-total-time
         return embed_response(message.id, result)
 
@@ -121,9 +122,9 @@ class EncoderServicer:
         trailer for all its requests, so no timings)."""
         return embed_response(message.id, await self._embed(message, context))
 
-    async def _embed(self, message: pb.EmbedRequest, context: Context) -> EmbedResult:
+    async def _embed(self, message: pb.EmbedRequest, context: Context, ticket: Ticket | None = None) -> EmbedResult:
         request = embed_request(message, time_remaining(context))
-        return await self.models.embed(request, is_disconnected=context.cancelled)
+        return await self.models.embed(request, is_disconnected=context.cancelled, ticket=ticket)
 
     async def Tokenize(self, message: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
         truncate = message.truncate if message.HasField("truncate") else True

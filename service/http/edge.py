@@ -151,8 +151,6 @@ def admit_at_edge(models: Models, route: DataRoute, body: bytes) -> Overloaded |
     expected tokens. None when the full path must decide: a body it cannot read, an unknown model."""
     if route.model is not None and route.model not in models.engines:
         return None  # the full path answers the 404
-    if models.clearly_full(route.model):
-        return models.engine(route.model).refusal()
     try:
         parsed = orjson.loads(body)
         texts = route.texts(parsed)
