@@ -86,7 +86,7 @@ class Validation:
         if not isinstance(query, str) or not query:
             raise InvalidRequest("query is empty: send the text to rank the documents against")
         if not documents:
-            raise InvalidRequest("documents is empty: send at least one document to rank")
+            raise InvalidRequest("no documents to rank: send at least one")
         self._check_count(len(documents), "documents")
         for i, text in enumerate(documents):
             if not isinstance(text, str) or not text:

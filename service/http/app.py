@@ -9,11 +9,11 @@ from service.config import Settings
 from service.core.models import Models
 from service.http.data_routes import METRIC_ROUTES, check_served
 from service.http.edge import Intake, RequestMetrics, install_error_handlers
-from service.http.routes import embed, health, openai, ui
+from service.http.routes import embed, health, openai, rerank, ui
 from service.http.routes import models as model_list
 from service.kserve import rest as kserve_rest
 
-ROUTERS = [module.router for module in (embed, openai, model_list, health, ui, kserve_rest)]
+ROUTERS = [module.router for module in (embed, openai, rerank, model_list, health, ui, kserve_rest)]
 
 
 def create_app(settings: Settings, models: Models) -> FastAPI:

@@ -18,6 +18,7 @@ from fastapi import APIRouter
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
+from service.http.rerank_schemas import PredictBody, RerankBody, TeiRerankBody
 from service.http.schemas import EmbedBody, OpenAIEmbeddingsBody
 
 
@@ -41,7 +42,10 @@ def body_route(path: str, schema: type[BaseModel]) -> DataRoute:
 
 EMBED = body_route("/v1/embed", EmbedBody)
 EMBEDDINGS = body_route("/v1/embeddings", OpenAIEmbeddingsBody)
-DATA_POST_ROUTES = {route.path: route for route in (EMBED, EMBEDDINGS)}
+RERANK = body_route("/v1/rerank", RerankBody)
+TEI_RERANK = body_route("/rerank", TeiRerankBody)
+PREDICT = body_route("/predict", PredictBody)
+DATA_POST_ROUTES = {route.path: route for route in (EMBED, EMBEDDINGS, RERANK, TEI_RERANK, PREDICT)}
 
 KSERVE_INFER = re.compile(r"^/v2/models/([^/]+)(/versions/[^/]+)?/infer$")
 KSERVE_INFER_PATHS = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request
@@ -28,6 +29,7 @@ from service.metrics import Metrics
 from service.types import EmbedRequest, EmbedResult, total_time
 
 KSERVE_PREFIX = "/v2"
+T = TypeVar("T")
 
 
 def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -103,8 +105,9 @@ def describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-async def embed_until_disconnected(models: Models, request: Request, embed_request: EmbedRequest) -> EmbedResult:
-    """models.embed, told when the client goes away so its queued work is dropped unrun.
+async def until_disconnected(request: Request, work: Callable[[Callable[[], bool], Ticket | None], Awaitable[T]]) -> T:
+    """work(is_disconnected, ticket), told when the client goes away so its queued work is dropped
+    unrun, with the ticket the edge admitted the request with (if any).
 
     After the body is read, the next ASGI message is the client's disconnect, if any."""
     gone = asyncio.Event()
@@ -118,9 +121,15 @@ async def embed_until_disconnected(models: Models, request: Request, embed_reque
 
     watcher = asyncio.create_task(watch())
     try:
-        return await models.embed(embed_request, is_disconnected=gone.is_set, ticket=request.scope.get(TICKET))
+        return await work(gone.is_set, request.scope.get(TICKET))
     finally:
         watcher.cancel()
+
+
+async def embed_until_disconnected(models: Models, request: Request, embed_request: EmbedRequest) -> EmbedResult:
+    return await until_disconnected(
+        request, lambda gone, ticket: models.embed(embed_request, is_disconnected=gone, ticket=ticket)
+    )
 
 
 ERROR_MEANINGS = {

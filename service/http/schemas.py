@@ -210,7 +210,7 @@ class ModelCard(BaseModel):
     owned_by: str
     name: str
     version: str
-    dims: int = Field(description="width of every sentence embedding (after any Dense layers)")
+    dims: int = Field(description="width of every sentence embedding (after any Dense layers); 0 for a cross-encoder")
     d_model: int = Field(description="the encoder's hidden width: the width of token embeddings")
     layers: int
     heads: int
@@ -220,6 +220,11 @@ class ModelCard(BaseModel):
     provider: str
     precision: str
     graph: str = Field(description="file of the fast graph in use")
+    task: Literal["embed", "rerank", "classify"] = Field(
+        description="embed: vectors (/v1/embed); rerank: a cross-encoder scoring pairs (/rerank, /v1/rerank); "
+        "classify: a cross-encoder with several labels (/predict)"
+    )
+    labels: list[str] = Field(description="a cross-encoder's labels, in id order; empty for an embedder")
 
 
 class ModelList(BaseModel):
@@ -322,6 +327,8 @@ def model_card(info: ModelInfo) -> dict:
         "provider": info.provider,
         "precision": info.precision,
         "graph": info.graph,
+        "task": info.task,
+        "labels": list(info.labels),
     }
 
 
