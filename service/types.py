@@ -108,6 +108,7 @@ class RerankRequest:
     model: str | None = None
     raw_scores: bool = False  # the logit, not the model's score activation (sigmoid for most rerankers)
     truncate: bool = True  # cut a pair at max_len (longest_first); false: such a pair is an error
+    top_n: int | None = None  # only the best n results; None: every document
     return_tokens: bool = False
     attention: AttentionSelection | None = None  # over each pair, or one of its blocks
     timeout_s: float | None = None
@@ -136,6 +137,7 @@ class RerankResult:
     attention_rows: tuple[int, ...] | None = None
     attention_block: str = "full"
     token_counts: tuple[int, ...] = ()
+    top_n: int | None = None
     timings: Timings = field(default_factory=Timings)
 
     @property
@@ -143,8 +145,8 @@ class RerankResult:
         return sum(self.token_counts)
 
     def ranking(self) -> list[int]:
-        """Document indices, best first (ties: the earlier document first)."""
-        return sorted(range(len(self.scores)), key=lambda i: (-float(self.scores[i]), i))
+        """Document indices, best first (ties: the earlier document first), the top_n of them."""
+        return sorted(range(len(self.scores)), key=lambda i: (-float(self.scores[i]), i))[: self.top_n]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -318,7 +318,7 @@ class Engine:
         admitted = self._take_over(ticket)
         capacity, validation = self._admit()
         validation.check_task("rerank")
-        validation.check_documents(request.query, request.documents)
+        validation.check_documents(request.query, request.documents, request.top_n)
         plan = validation.resolve_attention(request.attention, pairs=True)
         pairs = [(request.query, document) for document in request.documents]
         scored = await self._score(
@@ -336,6 +336,7 @@ class Engine:
             **attention_fields(plan),
             attention_block=plan.block if plan is not None else "full",
             token_counts=scored.lengths,
+            top_n=request.top_n,
             timings=scored.timings,
         )
 

@@ -82,7 +82,7 @@ class Validation:
             f"model {spec.name!r} has task {spec.task!r}, {does}; this call needs a model whose task is {wanted}"
         )
 
-    def check_documents(self, query: str, documents: tuple[str, ...]) -> None:
+    def check_documents(self, query: str, documents: tuple[str, ...], top_n: int | None = None) -> None:
         if not isinstance(query, str) or not query:
             raise InvalidRequest("query is empty: send the text to rank the documents against")
         if not documents:
@@ -91,6 +91,8 @@ class Validation:
         for i, text in enumerate(documents):
             if not isinstance(text, str) or not text:
                 raise InvalidRequest(f"documents[{i}] is empty or not a string: send some text")
+        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
+            raise InvalidRequest(f"top_n must be 1 or more (or left out for every document), got {top_n!r}")
 
     def check_predict_inputs(self, inputs: tuple[tuple[str, ...], ...], top_k: int | None) -> None:
         if not inputs:

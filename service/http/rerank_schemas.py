@@ -73,6 +73,7 @@ class TeiRerankBody(Strict):
         "right", description="TEI's: the end of the longer side is cut first (longest_first)"
     )
     model: StrictStr | None = Field(None, description="a served rerank model's name; default: the first")
+    top_n: StrictInt | None = Field(None, description="the best n (1 or more) results only; default: every document")
     return_tokens: StrictBool = Field(False, description="each result carries its pair's tokens and spans")
     return_attention: PairAttentionBody | None = Field(None, description="each result carries its pair's attention")
     encoding: Literal["float", "base64"] = Field("float", description="how attention arrays are written")
@@ -89,6 +90,7 @@ class TeiRerankBody(Strict):
             model=self.model,
             raw_scores=self.raw_scores,
             truncate=self.truncate,
+            top_n=self.top_n,
             return_tokens=self.return_tokens,
             attention=self.return_attention.to_selection() if self.return_attention is not None else None,
             timeout_s=self.timeout_s,
@@ -106,7 +108,7 @@ class RerankBody(BaseModel):
     model: StrictStr | None = Field(None, description="a served rerank model's name; default: the first")
     query: StrictStr
     documents: list[StrictStr | DocumentIn] = Field(description='strings, or objects {"text": ...}')
-    top_n: StrictInt | None = Field(None, ge=1, description="the best n results only; default: every document")
+    top_n: StrictInt | None = Field(None, description="the best n (1 or more) results only; default: every document")
     return_documents: StrictBool = Field(False, description='each result carries {"text": its document}')
     truncate: StrictBool = Field(True, description="cut a pair at max_len tokens; false: such a pair is an error")
     timeout_s: float | None = Field(None, gt=0, le=600, description="deadline for this request, seconds")
@@ -124,6 +126,7 @@ class RerankBody(BaseModel):
             documents=self.texts(),
             model=self.model,
             truncate=self.truncate,
+            top_n=self.top_n,
             timeout_s=self.timeout_s,
         )
 
@@ -259,9 +262,9 @@ def pair_attention_fields(result: RerankResult) -> dict:
     }
 
 
-def rerank_response(result: RerankResult, texts: tuple[str, ...], top_n: int | None, return_documents: bool) -> dict:
+def rerank_response(result: RerankResult, texts: tuple[str, ...], return_documents: bool) -> dict:
     results = []
-    for i in result.ranking()[:top_n]:
+    for i in result.ranking():
         item: dict[str, Any] = {"index": i, "relevance_score": float(result.scores[i])}
         if return_documents:
             item["document"] = {"text": texts[i]}

@@ -54,7 +54,7 @@ async def rerank(body: RerankBody, request: Request, models: ModelsDep, _: Autho
     result = await until_disconnected(
         request, lambda gone, ticket: models.rerank(rerank_request, is_disconnected=gone, ticket=ticket)
     )
-    answer = rerank_response(result, rerank_request.documents, body.top_n, body.return_documents)
+    answer = rerank_response(result, rerank_request.documents, body.return_documents)
     return json_response(answer, headers=timing_headers(result))
 
 

@@ -143,7 +143,7 @@ LONG = " ".join(["the quick brown fox"] * 6)
         ("/rerank", {"query": "", "texts": ["a"]}, "query is empty"),
         ("/rerank", {"query": QUERY, "texts": ["a"] * 9}, "9 documents in one request, the limit is 8"),
         ("/rerank", {"query": LONG, "texts": ["a", LONG], "truncate": False}, "documents[1] with the query is longer"),
-        ("/v1/rerank", {"query": QUERY, "documents": ["a"], "top_n": 0}, "top_n"),
+        ("/v1/rerank", {"query": QUERY, "documents": ["a"], "top_n": 0}, "top_n must be 1 or more"),
         ("/predict", {"inputs": "x", "top_k": 1}, "top_k chooses among a classify model's labels"),
         ("/predict", {"inputs": [["a", "b", "c"]]}, "inputs[0] has 3 texts"),
         ("/predict", {"inputs": []}, "inputs is empty"),
