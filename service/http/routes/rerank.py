@@ -29,7 +29,12 @@ router = APIRouter(tags=["reranking"])
 ERRORS = error_responses(404, *DATA_ROUTE_ERRORS)
 
 
-@router.post(TEI_RERANK.path, response_model=list[TeiRerankResult], responses=ERRORS)
+@router.post(
+    TEI_RERANK.path,
+    summary="Rerank (text-embeddings-inference's shape)",
+    response_model=list[TeiRerankResult],
+    responses=ERRORS,
+)
 async def tei_rerank(
     body: Annotated[TeiRerankBody, Body(openapi_examples=RERANK_EXAMPLES)],
     request: Request,
@@ -46,7 +51,9 @@ async def tei_rerank(
     return json_response(answer, headers=timing_headers(result))
 
 
-@router.post(RERANK.path, response_model=RerankResponse, responses=ERRORS)
+@router.post(
+    RERANK.path, summary="Rerank (Cohere's, Jina's, vLLM's shape)", response_model=RerankResponse, responses=ERRORS
+)
 async def rerank(body: RerankBody, request: Request, models: ModelsDep, _: Authorized) -> Response:
     """The shape Cohere, Jina, Infinity and vLLM answer (and LangChain's and LlamaIndex's clients
     read): results best first, `top_n` of them, with relevance_score."""
