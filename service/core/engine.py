@@ -163,9 +163,8 @@ class Engine:
             task=spec.task,
             labels=spec.labels,
         )
-        self.metrics.model_info.labels(spec.name, spec.version, placement.provider, placement.precision, spec.task).set(
-            1
-        )
+        card = (spec.name, spec.version, placement.provider, placement.precision, spec.task)
+        self.metrics.model_info.labels(*card).set(1)
         self.capacity = Capacity(self.settings, spec.max_len, self._queued_tokens, self.m.inflight.set)
         self.validation = Validation(self.settings, spec)
         capacity = self.capacity
@@ -197,11 +196,11 @@ class Engine:
             logits, probs = backend.score_attend(input_ids, attention_mask, token_type_ids)
             return split_pairs(logits, attention_mask, options, attention=probs)
 
-        if spec.is_cross_encoder:
-            run_fast, run_attention = run_pairs, run_pairs_attention  # type: ignore[assignment]
+        # a cross-encoder's sequences are pairs (or texts) scored into logits; an embedder's, texts
+        fast, attention = (run_pairs, run_pairs_attention) if spec.is_cross_encoder else (run_fast, run_attention)
         self._batchers = {
-            FAST: self._batcher(FAST, run_fast, s.max_batch_tokens, backend.workers),
-            ATTENTION: self._batcher(ATTENTION, run_attention, s.attention_max_batch_tokens, workers=1),
+            FAST: self._batcher(FAST, fast, s.max_batch_tokens, backend.workers),
+            ATTENTION: self._batcher(ATTENTION, attention, s.attention_max_batch_tokens, workers=1),
         }
         for batcher in self._batchers.values():
             batcher.start()
