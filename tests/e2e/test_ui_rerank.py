@@ -38,7 +38,9 @@ def test_the_rerank_view_ranks_documents_and_shows_the_chosen_pairs_block(page, 
     log = open_explorer(page, fake.url)
     assert page.locator("#rerank-model option").all_text_contents() == ["fake-rerank"]
     rank(page, DOCUMENTS)
-    answer = httpx.post(fake.url + "/rerank", json={"model": "fake-rerank", "query": QUERY, "texts": DOCUMENTS}, timeout=30).json()
+    answer = httpx.post(
+        fake.url + "/rerank", json={"model": "fake-rerank", "query": QUERY, "texts": DOCUMENTS}, timeout=30
+    ).json()
     shown = page.locator("#rerank-results button.ranked")
     assert [int(b) for b in (shown.nth(i).get_attribute("data-index") for i in range(4))] == [
         a["index"] for a in answer
