@@ -40,7 +40,10 @@ TARGETS = {  # row -> the least ratio to the limit that issue 6 asks for (CPU, f
     "REST, single sentences, concurrency 64": 0.75,
 }
 GPU_TARGETS = {"REST, client batches of 32, concurrency 8": 0.80}  # fp16 on CUDA
-RERANK_ROW = "REST /rerank, a query and 32 documents, concurrency 8 (pairs/s)"
+RERANK_ROW = "REST /rerank, a query and 32 documents, concurrency 4 (pairs/s)"
+# 4 requests of 32 passages keep about 2 s of this machine's work queued: at 8 the queue's time
+# bound (--max-queue-wait-s) refuses some, by design, and a refusal is not throughput
+RERANK_CONCURRENCY = 4
 RERANK_TARGET = 0.90  # of in-process onnxruntime on the same pairs (issue 25)
 
 
@@ -231,7 +234,7 @@ def service_rows(server, texts: list[str], tokens: int, model: str, label: str =
     return [as_row(name, min(outcomes, key=lambda o: o.seconds), tokens) for name, outcomes in runs.items()]
 
 
-def rerank_rows(texts: list[str], requests: int = 60) -> list[Row]:
+def rerank_rows(texts: list[str], requests: int = 40) -> list[Row]:
     """The served reranker against in-process onnxruntime on the same pairs, the limit measured
     before, during and after the service's rounds (the best is the bar, as for embeddings)."""
     artifact = Artifact.load(reranker())
@@ -244,14 +247,14 @@ def rerank_rows(texts: list[str], requests: int = 60) -> list[Row]:
     server = launch(model_dir=artifact.directory)
     try:
         make = lambda: rest_rerank_call("127.0.0.1", server.http_port)  # noqa: E731
-        asyncio.run(closed_loop(make, batches, 8))  # warm: every batch shape, the connections
+        asyncio.run(closed_loop(make, batches, RERANK_CONCURRENCY))  # warm: every batch shape, the connections
         runs = []
         for _ in range(ROUNDS):
-            runs.append(asyncio.run(closed_loop(make, batches, 8)))
+            runs.append(asyncio.run(closed_loop(make, batches, RERANK_CONCURRENCY)))
             limits.append(in_process_pairs(artifact, work, config.workers, config.threads, config.batch_tokens))
     finally:
         server.stop()
-    best = min(runs, key=lambda o: o.seconds)
+    best = max(runs, key=lambda o: o.tokens / o.seconds)  # its call counts the documents scored
     limit = Row(f"rerank limit: in-process onnxruntime fp32, {artifact.manifest.name} (pairs/s)", pairs / min(limits))
     limit.ratio = 1.0
     limit.note = f"{config}; {pairs} pairs in {len(work)} requests; runs: " + ", ".join(
@@ -259,7 +262,7 @@ def rerank_rows(texts: list[str], requests: int = 60) -> list[Row]:
     )
     row = Row(
         RERANK_ROW,
-        pairs / best.seconds,
+        best.tokens / best.seconds,
         p50_ms=best.percentile(50) * 1000,
         p99_ms=best.percentile(99) * 1000,
         errors=best.errors,

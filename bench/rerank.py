@@ -108,7 +108,7 @@ def in_process_pairs(
 
 
 def rest_rerank_call(host: str, port: int) -> Call:
-    """POST /rerank with [query, *documents]; returns the number of documents scored."""
+    """POST /rerank with [query, *documents]; returns the number of documents scored (0 when refused)."""
     connection = RawHttp(host, port)
 
     async def call(texts: list[str]) -> int:
