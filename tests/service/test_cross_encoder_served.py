@@ -131,3 +131,32 @@ def test_an_embedder_and_rerankers_side_by_side_refuse_each_others_task(served):
     assert embed.status_code == 422 and f"'xe-{family}' has task 'rerank'" in embed.json()["error"]["message"]
     rerank = post(server, "/rerank", {"query": "a", "texts": ["b"], "model": "all-minilm-l6-v2"})
     assert rerank.status_code == 422 and "has task 'embed'" in rerank.json()["error"]["message"]
+
+
+def test_minilm_with_a_fresh_head_saved_by_cross_encoder_serves_its_scores(tmp_path):
+    """all-MiniLM-L6-v2 + a new one-label head, as CrossEncoder.save writes it, exported and served:
+    the full-size graph scores as CrossEncoder.predict within 1e-4, with its ranking."""
+    from sentence_transformers import CrossEncoder
+
+    from model.weights import default_checkpoint_dir
+
+    torch.manual_seed(0)
+    CrossEncoder(str(default_checkpoint_dir()), num_labels=1, device="cpu").save(str(tmp_path / "ce"))
+    artifact = export(tmp_path / "ce", tmp_path / "minilm-rerank")
+    query = "A man is playing a guitar."
+    documents = [
+        "Someone is playing music on a guitar.",
+        "A man is playing a flute.",
+        "The stock market fell sharply today.",
+        "A man plays an acoustic guitar on stage, and the crowd sings along with every chorus.",
+    ]
+    expected = CrossEncoder(str(tmp_path / "ce"), device="cpu").predict([(query, d) for d in documents])
+    server = launch(model_dir=artifact)
+    try:
+        with GrpcClient(server.grpc_target) as client:
+            answer = client.rerank(query, documents)
+    finally:
+        server.stop()
+    order = np.argsort(-expected, kind="stable").tolist()
+    assert [r.index for r in answer.results] == order
+    np.testing.assert_allclose([r.score for r in answer.results], expected[order], atol=1e-4, rtol=0)
