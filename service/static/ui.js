@@ -88,7 +88,9 @@ async function loadModelInfo() {
       throw new ApiError("The server is still loading its model. Reload this page in a moment.");
     }
     rerankView.setModels(answer.data);
-    const model = answer.data[0];
+    // the explorer's own views embed: the first embedding model, whichever model is the default
+    const model = answer.data.find((card) => (card.task || "embed") === "embed") || answer.data[0];
+    api.model = model.name || model.id;
     fillSelect(byId("layer"), model.layers, "Layer");
     fillSelect(byId("head"), model.heads, "Head");
     byId("sentence").dataset.maxLen = String(model.max_len);
