@@ -180,7 +180,7 @@ clean:
 # `make test-image` builds (or reuses, from the build cache) mhaserve:cpu and runs tests/deploy's
 # image tests against it; without a container engine they skip and say why (in CI they fail).
 IMAGE_MODEL_DIR ?= $(ARTIFACT)
-.PHONY: image image-gpu test-image lock-image
+.PHONY: image image-gpu test-image test-rollout lock-image
 image: $(IMAGE_MODEL_DIR)/manifest.json
 	MODEL_DIR=$(IMAGE_MODEL_DIR) deploy/docker/build.sh cpu
 image-gpu: $(IMAGE_MODEL_DIR)/manifest.json
@@ -188,6 +188,12 @@ image-gpu: $(IMAGE_MODEL_DIR)/manifest.json
 test-image: $(IMAGE_MODEL_DIR)/manifest.json | $(VENV)/.installed
 	if deploy/docker/build.sh engine; then $(MAKE) image; fi
 	$(PY) -m pytest tests/deploy -m image
+# `make test-rollout`: two containers of mhaserve:cpu behind HAProxy (Debian's haproxy), replaced one
+# at a time under REST and gRPC load, then one killed; prints its table (docs/deploy.md). Needs the
+# image (make test-image builds it) and haproxy; without them it skips and says why (in CI it fails).
+# It stops itself within 5 minutes; `timeout` is the backstop (SIGINT: the test still cleans up).
+test-rollout: | $(VENV)/.installed
+	timeout --signal=INT --kill-after=30 300 $(PY) -m pytest tests/deploy/test_rollout.py -m rollout -s
 # the image-only locks: onnxruntime's CPU wheel at runtime.txt's onnxruntime-gpu version, and the
 # CUDA/cuDNN wheels onnxruntime-gpu preloads (its cuda and cudnn extras)
 ORT_VERSION = $(shell sed -n 's/^onnxruntime-gpu==\([^ ]*\).*/\1/p' $(LOCK_RUNTIME))

@@ -35,11 +35,12 @@ from protos.inference import grpc_predict_v2_pb2_grpc as kgrpc
 from protos.mhaserve.v1 import encoder_pb2, encoder_pb2_grpc
 from service.backends.onnx import session_options, usable_cores
 
-TARGETS = {  # row -> the least ratio to the limit that issue 6 asks for (CPU, fp32)
+TARGETS = {  # row -> the least ratio to the limit the server must reach (CPU, fp32)
     "REST, client batches of 32, concurrency 8": 0.90,
     "REST, single sentences, concurrency 64": 0.75,
 }
 GPU_TARGETS = {"REST, client batches of 32, concurrency 8": 0.80}  # fp16 on CUDA
+IDLE_SLACK_MS = 1.0  # one short sentence at idle: the most the server may add to in-process latency
 RERANK_ROW = "REST /rerank, a query and 32 documents, concurrency 4 (pairs/s)"
 RERANK_CONCURRENCY = 4
 # A request of 32 passages is about a second of a 2-core machine's work, so a few in flight pass
@@ -126,8 +127,11 @@ def in_process(graph: Path, tokenizer: Tokenizer, texts: list[str], config: Limi
         return time.perf_counter() - started, sum(map(len, token_ids))
 
 
-def single_latency_ms(graph: Path, tokenizer: Tokenizer, text: str, repeats: int = 200) -> float:
-    session = ort.InferenceSession(str(graph), session_options(usable_cores()), providers=providers())
+def single_latency_ms(graph: Path, tokenizer: Tokenizer, text: str, repeats: int = 200, spinning: bool = True) -> float:
+    """One caller, one sentence at a time, on every core; by default with onnxruntime's own
+    default of spinning threads: the fastest a lone request gets from onnxruntime itself."""
+    options = session_options(usable_cores(), spinning=spinning)
+    session = ort.InferenceSession(str(graph), options, providers=providers())
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -397,7 +401,7 @@ def check_targets(rows: list[Row]) -> bool:
     if not cuda_usable():
         idle = next(r for r in rows if r.name.startswith("REST, one short sentence at idle"))
         slack = idle.p50_ms - idle.extra["in_process_ms"]
-        verdicts.append(("idle p50 <= in-process + 3 ms", slack <= 3.0, slack))
+        verdicts.append((f"idle p50 <= in-process + {IDLE_SLACK_MS:g} ms", slack <= IDLE_SLACK_MS, slack))
     if RERANK_ROW in by_name:
         ratio = by_name[RERANK_ROW].ratio
         verdicts.append((f"rerank >= {RERANK_TARGET} x its limit", ratio >= RERANK_TARGET, ratio))

@@ -27,10 +27,13 @@ class RawHttp:
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self.open: set[asyncio.StreamWriter] = set()
 
-    async def post(self, path: str, body: object) -> tuple[int, dict[str, str], bytes]:
+    async def post(
+        self, path: str, body: object, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
         payload = orjson.dumps(body)
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         head = (
-            f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: application/json\r\n"
+            f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: application/json\r\n{extra}"
             f"content-length: {len(payload)}\r\n\r\n"
         ).encode()
         return await asyncio.wait_for(self._exchange(head + payload), self.patience_s)

@@ -2,8 +2,10 @@
 
 Start-up: both servers listen first (liveness answers, readiness says "loading"), then the
 model loads and warms up, then readiness turns true. SIGTERM/SIGINT: readiness false and
-gRPC health NOT_SERVING at once, new requests get 503 / UNAVAILABLE, in-flight requests
-finish within shutdown_grace_s, then both servers stop and the process exits 0.
+gRPC health NOT_SERVING at once; for shutdown_delay_s the server goes on serving, each REST
+answer closing its connection, while load balancers take it out of rotation; then new
+requests get 503 / UNAVAILABLE, in-flight requests finish within shutdown_grace_s, both
+servers stop and the process exits 0.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from service.backends.faults import FaultInjectingBackend
 from service.config import Settings
 from service.core.engine import Engine
 from service.core.models import Models
-from service.grpc.server import create_server
+from service.grpc.server import GrpcServer, create_server
 from service.http.app import create_app
 from service.http.protocol import HttpServer, http_config
 from service.memory import return_memory_after_bursts
@@ -84,6 +86,19 @@ async def until_traffic_stops(metrics: Metrics, until: float) -> None:
         seen = metrics.answered
 
 
+async def leave_rotation(models: Models, grpc_server: GrpcServer, http: HttpServer, delay_s: float) -> None:
+    """Readiness false and gRPC health NOT_SERVING at once, and every REST answer closes its
+    connection; requests are still served for delay_s, the time a load balancer polling
+    readiness needs to stop routing here. Refusing them at once would hand each a 503 (or
+    UNAVAILABLE) that the balancer passes on to its client."""
+    models.withdraw()
+    grpc_server.set_not_serving()
+    http.close_connections_after_answers()
+    if delay_s > 0:
+        log.info("leaving rotation: readiness is false, serving on for %.1f s before the drain", delay_s)
+        await asyncio.sleep(delay_s)
+
+
 async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -139,6 +154,7 @@ async def serve(settings: Settings) -> None:
         trimming = asyncio.create_task(return_memory_after_bursts(metrics), name="malloc-trim")
         await stop.wait()
         trimming.cancel()
+        await leave_rotation(models, grpc_server, http, settings.shutdown_delay_s)
     else:
         loading.cancel()
 

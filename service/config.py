@@ -131,6 +131,12 @@ class Settings(BaseSettings):
         None, "PEM CA bundle: gRPC requires client certificates signed by it (mTLS; needs --tls-cert)"
     )
     # lifecycle and logs
+    shutdown_delay_s: float = setting(
+        0.0,
+        "on SIGTERM, how long the server goes on serving with readiness false (503, gRPC NOT_SERVING) and REST "
+        "answers closing their connections before the drain begins: set it above the time your load balancer "
+        "takes to stop routing to an unready replica",
+    )
     shutdown_grace_s: float = setting(20.0, "on SIGTERM, how long in-flight requests get to finish")
     recovery_probe_s: float = setting(
         10.0,
@@ -314,6 +320,8 @@ def validate(settings: Settings) -> None:
         raise SettingsError(f"--fake-batch-ms must be >= 0, got {settings.fake_batch_ms}")
     if settings.max_wait_ms < 0 or settings.request_timeout_s <= 0 or settings.shutdown_grace_s < 0:
         raise SettingsError("--max-wait-ms and --shutdown-grace-s must be >= 0, --request-timeout-s > 0")
+    if settings.shutdown_delay_s < 0:
+        raise SettingsError(f"--shutdown-delay-s must be >= 0 (0 = drain at once), got {settings.shutdown_delay_s}")
     if settings.api_key_file is not None and not Path(settings.api_key_file).is_file():
         raise SettingsError(f"--api-key-file: {settings.api_key_file} not found")
     if settings.grpc_max_connection_age_grace_s < 0:

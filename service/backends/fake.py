@@ -3,8 +3,9 @@
 Its tokenizer splits on whitespace and punctuation into a fixed word-level vocabulary (WORDS;
 any other word is [UNK]), with [CLS] and [SEP] around every text, and a pair as
 `[CLS] a [SEP] b [SEP]` with segment ids 0 then 1, truncated longest_first. `delay_s` makes
-every batch take that long (a slow runtime), and `calls` records each batch's shape, so tests
-can see what was batched together.
+every batch take that long (a slow runtime), and `calls` records the last CALLS_KEPT batches'
+shapes, so tests can see what was batched together (and a served fake keeps a bounded record
+however long it runs).
 
 The embedder ("fake"): hidden state t of a sequence is (token id of t, position of t, length
 of the sequence, 1, 0, ...), so pooling, slicing and padding mistakes change the numbers;
@@ -23,6 +24,7 @@ j < n the weight 1 + (i + 2j + l + h) mod 5, normalised over the sequence's n to
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 import time
@@ -36,6 +38,7 @@ from service.backends.base import ModelSpec, Placement
 FAKE_SPEC = ModelSpec(
     name="fake", version="1", d_model=8, n_layers=2, n_heads=2, max_len=32, pooling="mean", normalize=True
 )
+CALLS_KEPT = 10_000
 FAKE_RERANK_SPEC = dataclasses.replace(
     FAKE_SPEC, name="fake-rerank", task="rerank", labels=("score",), score_activation="sigmoid"
 )
@@ -90,7 +93,9 @@ class FakeBackend:
     workers: int = 1
     delay_s: float = 0.0
     placement: Placement = field(default_factory=lambda: Placement(provider="fake", precision="fp32", graph="none"))
-    calls: list[tuple[str, tuple[int, int]]] = field(default_factory=list)  # (path, (B, T)) per batch
+    calls: collections.deque[tuple[str, tuple[int, int]]] = field(  # (path, (B, T)) per batch
+        default_factory=lambda: collections.deque(maxlen=CALLS_KEPT)
+    )
     tokenizer: Tokenizer = field(init=False)
 
     def __post_init__(self) -> None:

@@ -123,16 +123,19 @@ class GraphRunner:
         return binding.copy_outputs_to_cpu()
 
 
-def session_options(threads: int) -> ort.SessionOptions:
+def session_options(threads: int, spinning: bool = False) -> ort.SessionOptions:
+    """spinning: intra-op threads spin between parallel sections instead of sleeping. Only the
+    solo session spins: a run that starts alone has the cores to itself, and a sleeping thread
+    costs a wake-up per parallel section (about a quarter of a short sentence's latency on 2
+    cores, docs/performance.md). Every other session's idle threads sleep: the event loop, the
+    tokenizer and the next batch's preparation need those cycles on a machine with few cores."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: no provider chatter on CPU machines
-    # Idle intra-op threads sleep instead of spinning: the event loop, the tokenizer and the
-    # next batch's preparation need those cycles on a machine with few cores.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     # No CPU arena: an arena keeps, per session, the peak that any batch shape ever needed, for
     # the life of the process (RSS rose 15 % over a flood and never came down); malloc reuses
     # the same blocks from batch to batch at the same speed (docs/performance.md)
@@ -209,7 +212,7 @@ def load_runner(
         session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
         solo = None
         if solo_threads > threads:
-            solo = ort.InferenceSession(str(path), session_options(solo_threads), providers=providers)
+            solo = ort.InferenceSession(str(path), session_options(solo_threads, spinning=True), providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise ArtifactError(f"{path}: onnxruntime cannot load this graph ({exc})") from None
     actual = session.get_providers()[0]

@@ -223,6 +223,10 @@ class Engine:
             workers=workers,
         )
 
+    def withdraw(self) -> None:
+        """Readiness turns false; requests are still served (balancers are catching up)."""
+        self.health.withdraw()
+
     def begin_drain(self) -> None:
         """Readiness turns false and new requests are refused; in-flight ones go on."""
         self.health.begin_drain()

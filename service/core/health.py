@@ -1,5 +1,8 @@
 """Readiness: loading -> ready <-> failing, and draining at the end; the recovery probe.
 
+Draining has two steps: withdrawn (readiness false, so balancers stop routing here, while
+requests are still served) and then draining proper (new requests refused).
+
 Readiness turns false after UNHEALTHY_AFTER_FAILED_BATCHES batches fail in a row, and true
 again after the next batch that succeeds. Once it is false, Kubernetes routes no requests
 here, so none could show that the runtime works again: a probe batch, run as a request is,
@@ -34,12 +37,13 @@ class Health:
         self._probe_every_s = probe_every_s
         self._probe_task: asyncio.Task | None = None
         self.started = False
+        self.withdrawn = False
         self.draining = False
         self.failed_batches_in_a_row = 0
 
     @property
     def status(self) -> Status:
-        if self.draining:
+        if self.draining or self.withdrawn:
             return Status.DRAINING
         if not self.started:
             return Status.LOADING
@@ -62,7 +66,12 @@ class Health:
     def mark_started(self) -> None:
         self.started = True
 
+    def withdraw(self) -> None:
+        """Readiness turns false at once; requests are still admitted until begin_drain."""
+        self.withdrawn = True
+
     def begin_drain(self) -> None:
+        self.withdrawn = True
         self.draining = True
         if self._probe_task is not None:
             self._probe_task.cancel()
@@ -84,7 +93,7 @@ class Health:
     async def _probe_until_recovered(self) -> None:
         while True:
             await asyncio.sleep(self._probe_every_s)
-            if self.ready or self.draining:  # a request still routed here succeeded, or shutting down
+            if self.ready or self.withdrawn:  # a request still routed here succeeded, or shutting down
                 return
             try:
                 await self._probe()

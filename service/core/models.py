@@ -81,6 +81,10 @@ class Models:
         for engine in self.engines.values():
             await engine.start()
 
+    def withdraw(self) -> None:
+        for engine in self.engines.values():
+            engine.withdraw()
+
     def begin_drain(self) -> None:
         for engine in self.engines.values():
             engine.begin_drain()

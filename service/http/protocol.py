@@ -43,7 +43,30 @@ UVICORN_INTERNALS = (
 )
 
 
+CONNECTION_CLOSE = (b"connection", b"close")
+
+
 class HttpServer(uvicorn.Server):
+    closing_connections = False
+
+    def close_connections_after_answers(self) -> None:
+        """From now on every answer says `Connection: close` and its connection closes after it:
+        keep-alive clients, and balancers' pooled connections, reconnect, and a balancer sends
+        the next request to a replica still in rotation."""
+        self.closing_connections = True
+        self._add_close_header()
+
+    async def on_tick(self, counter: int) -> bool:
+        should_exit = await super().on_tick(counter)  # rebuilds the default headers once a second
+        if self.closing_connections:
+            self._add_close_header()
+        return should_exit
+
+    def _add_close_header(self) -> None:
+        headers = self.server_state.default_headers
+        if CONNECTION_CLOSE not in headers:
+            self.server_state.default_headers = [*headers, CONNECTION_CLOSE]
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         # The process's signals belong to serve(), which stops both servers; uvicorn's own
@@ -132,6 +155,9 @@ class GuardedH11Protocol(H11Protocol):
         metrics = self.models.metrics
         metrics.observe_error(refusal)
         metrics.observe_request("http", request.route.path, str(refusal.http_status), time.perf_counter() - started)
+        if CONNECTION_CLOSE in headers:  # the server is leaving: HttpServer.close_connections_after_answers
+            self.transport.close()
+            return
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
         self._arm_head_timer()  # waiting for the next request head, as after any response
 

@@ -3,6 +3,7 @@ as its instructions, and the truth they must agree with, read from the code."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.deploy.containers import IMAGE, docker_cli, docker_run, unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -87,3 +90,42 @@ def server_container(pod_spec: dict) -> dict:
 
 def load_kserve() -> dict:
     return yaml.safe_load(KSERVE.read_text())
+
+
+# the container engine and the image (make test-image, make test-rollout) ------------------------
+
+
+@pytest.fixture(scope="session")
+def docker() -> str:
+    cli = docker_cli()
+    if cli is None:
+        unavailable("no docker CLI: apt-get install docker.io (as root), or set DOCKER")
+    version = subprocess.run([cli, "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True)
+    if version.returncode != 0:
+        unavailable(f"no container engine answers {cli}: {version.stderr.strip().splitlines()[-1:]}")
+    return cli
+
+
+@pytest.fixture(scope="session")
+def image(docker) -> dict:
+    """The image's configuration (`docker image inspect`), built by `make image` when missing."""
+    if docker_run(docker, "image", "inspect", IMAGE, check=False).returncode != 0:
+        if IMAGE != "mhaserve:cpu":
+            pytest.fail(f"{IMAGE} (MHASERVE_TEST_IMAGE) is not present")
+        subprocess.run([REPO / "deploy/docker/build.sh", "cpu"], check=True, timeout=3600)
+    (inspected,) = json.loads(docker_run(docker, "image", "inspect", IMAGE).stdout)
+    return inspected
+
+
+@pytest.fixture(scope="session")
+def image_artifact(docker, image, tmp_path_factory) -> Path:
+    """The model directory the image serves, copied out of it."""
+    env = dict(e.split("=", 1) for e in image["Config"]["Env"])
+    out = tmp_path_factory.mktemp("image-artifact")
+    name = f"mhaserve-test-copy-{os.getpid()}"
+    docker_run(docker, "create", "--name", name, IMAGE)
+    try:
+        docker_run(docker, "cp", f"{name}:{env['MHASERVE_MODEL_DIR']}", str(out / "model"))
+    finally:
+        docker_run(docker, "rm", name, check=False)
+    return out / "model"

@@ -110,9 +110,14 @@ def check_pod(pod_spec: dict, env: dict[str, str], routes: set[str], tmp_path: P
     if "httpGet" in container["readinessProbe"]:
         assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
 
-    # the drain fits in the grace period: preStop pause, then shutdown_grace_s, then exit
-    pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert pod_spec["terminationGracePeriodSeconds"] >= pause + settings.shutdown_grace_s + 5
+    # after SIGTERM the server serves on, unready, until a balancer following the readiness probe
+    # has stopped routing to it (two misses), and only then drains; all of it (and any preStop
+    # pause before the SIGTERM) fits in the grace period
+    readiness = container["readinessProbe"]
+    assert settings.shutdown_delay_s >= readiness["periodSeconds"] * readiness["failureThreshold"] + 1
+    pause = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    drain_s = pause + settings.shutdown_delay_s + settings.shutdown_grace_s
+    assert pod_spec["terminationGracePeriodSeconds"] >= drain_s + 5
 
     # Service links would inject MHASERVE_<SERVICE>_* variables, which the server refuses
     assert pod_spec["enableServiceLinks"] is False

@@ -11,28 +11,22 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.deploy.conftest import REPO
+from tests.deploy.containers import IMAGE, READY_WITHIN_S, Container, docker_run, free_port, start
 
 pytestmark = pytest.mark.image
 
-IMAGE = os.environ.get("MHASERVE_TEST_IMAGE", "mhaserve:cpu")
 GPU_IMAGE = os.environ.get("MHASERVE_TEST_GPU_IMAGE", "mhaserve:gpu")
-READY_WITHIN_S = 60
-HEALTHY_WITHIN_S = 60  # the image's HEALTHCHECK runs every 15 s
 GRACE_S = 10.0  # MHASERVE_SHUTDOWN_GRACE_S of the drain test
 MAX_ADDED_MB = 450
 SENTENCES = [
@@ -45,151 +39,7 @@ SENTENCES = [
 ]
 
 
-# the engine ------------------------------------------------------------------------------------
-
-
-def docker_cli() -> str | None:
-    named = os.environ.get("DOCKER")
-    if named:
-        return shutil.which(named)
-    return "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else shutil.which("docker")
-
-
-def unavailable(reason: str):
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI: {reason} (.ci/run installs and starts the engine; it should be here)")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def docker() -> str:
-    cli = docker_cli()
-    if cli is None:
-        unavailable("no docker CLI: apt-get install docker.io (as root), or set DOCKER")
-    version = subprocess.run([cli, "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True)
-    if version.returncode != 0:
-        unavailable(f"no container engine answers {cli}: {version.stderr.strip().splitlines()[-1:]}")
-    return cli
-
-
-def docker_run(docker: str, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([docker, *args], capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert result.returncode == 0, f"docker {' '.join(args)}: {result.stderr}"
-    return result
-
-
-@pytest.fixture(scope="session")
-def image(docker) -> dict:
-    """The image's configuration (`docker image inspect`), built by `make image` when missing."""
-    if docker_run(docker, "image", "inspect", IMAGE, check=False).returncode != 0:
-        if IMAGE != "mhaserve:cpu":
-            pytest.fail(f"{IMAGE} (MHASERVE_TEST_IMAGE) is not present")
-        subprocess.run([REPO / "deploy/docker/build.sh", "cpu"], check=True, timeout=3600)
-    (inspected,) = json.loads(docker_run(docker, "image", "inspect", IMAGE).stdout)
-    return inspected
-
-
-@pytest.fixture(scope="session")
-def image_artifact(docker, image, tmp_path_factory) -> Path:
-    """The model directory the image serves, copied out of it."""
-    env = dict(e.split("=", 1) for e in image["Config"]["Env"])
-    out = tmp_path_factory.mktemp("image-artifact")
-    name = f"mhaserve-test-copy-{os.getpid()}"
-    docker_run(docker, "create", "--name", name, IMAGE)
-    try:
-        docker_run(docker, "cp", f"{name}:{env['MHASERVE_MODEL_DIR']}", str(out / "model"))
-    finally:
-        docker_run(docker, "rm", name, check=False)
-    return out / "model"
-
-
 # containers --------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Container:
-    docker: str
-    name: str
-    http_port: int
-    grpc_port: int
-    started_at: float
-    scheme: str = "http"
-    context: ssl.SSLContext | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.http_port}"
-
-    def request(self, path: str, body: dict | None = None, timeout: float = 30) -> tuple[int, dict]:
-        data = None if body is None else json.dumps(body).encode()
-        headers = self.headers | ({"Content-Type": "application/json"} if data else {})
-        request = urllib.request.Request(self.url + path, data=data, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=timeout, context=self.context) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
-
-    def wait_ready(self, within_s: float = READY_WITHIN_S) -> float:
-        """Seconds from `docker run` to the first 200 from /health/ready."""
-        deadline = self.started_at + within_s
-        last: object = None
-        while time.monotonic() < deadline:
-            try:
-                if self.request("/health/ready", timeout=2)[0] == 200:
-                    return time.monotonic() - self.started_at
-            except OSError as exc:
-                last = exc
-            assert self.state()["Running"], f"the container stopped:\n{self.logs()}"
-            time.sleep(0.25)
-        raise AssertionError(f"not ready within {within_s} s ({last}):\n{self.logs()}")
-
-    def state(self) -> dict:
-        return json.loads(docker_run(self.docker, "inspect", "--format", "{{json .State}}", self.name).stdout)
-
-    def wait_health(self, within_s: float = HEALTHY_WITHIN_S) -> list[dict]:
-        """Docker's own HEALTHCHECK status reaches `healthy`: the probes' log."""
-        deadline = time.monotonic() + within_s
-        while time.monotonic() < deadline:
-            health = self.state().get("Health") or {}
-            if health.get("Status") == "healthy":
-                return health["Log"]
-            assert health.get("Status") != "unhealthy", health
-            time.sleep(1)
-        raise AssertionError(f"not healthy within {within_s} s: {self.state().get('Health')}")
-
-    def exec(self, *command: str) -> subprocess.CompletedProcess:
-        return docker_run(self.docker, "exec", self.name, *command, check=False, timeout=60)
-
-    def logs(self) -> str:
-        result = docker_run(self.docker, "logs", "--tail", "40", self.name, check=False)
-        return result.stdout + result.stderr
-
-
-def start(docker: str, name: str, *, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
-          mounts: tuple[str, ...] = (), image: str = IMAGE, **kwargs) -> Container:  # fmt: skip
-    http_port, grpc_port = free_port(), free_port()
-    env = {"MHASERVE_HOST": "127.0.0.1", "MHASERVE_HTTP_PORT": str(http_port), "MHASERVE_GRPC_PORT": str(grpc_port)} | (
-        env or {}
-    )
-    command = ["run", "--detach", "--name", name, "--read-only", "--tmpfs", "/tmp", "--network", "host"]
-    command += ["--stop-timeout", str(int(GRACE_S) + 20)]
-    for key, value in env.items():
-        command += ["--env", f"{key}={value}"]
-    for mount in mounts:
-        command += ["--volume", mount]
-    docker_run(docker, "rm", "--force", name, check=False)
-    started_at = time.monotonic()
-    docker_run(docker, *command, image, *args)
-    return Container(docker, name, http_port, grpc_port, started_at, **kwargs)
 
 
 @pytest.fixture

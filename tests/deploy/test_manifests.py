@@ -10,8 +10,8 @@ import yaml
 
 from tests.deploy.conftest import ADAPTER_VALUES, VARIANTS, every, load_kserve, one, server_container
 
-# The oldest Kubernetes the manifests support (the preStop `sleep` action is on by default
-# from 1.30) and the newest the validator knows, which catches removed APIs.
+# The oldest Kubernetes the manifests support and the newest the validator knows, which catches
+# removed APIs.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 CUSTOM_RESOURCES = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 # KServe's predictor is a pod spec plus these fields of its own (ComponentExtensionSpec).

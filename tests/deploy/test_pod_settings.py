@@ -71,8 +71,10 @@ def test_server_with_pod_settings_answers_probes_scrape_keys_and_load_then_drain
         check = subprocess.run(command, env=check_env, capture_output=True, timeout=30)
         assert check.returncode == 0, check.stderr
     finally:
-        # SIGTERM comes after the preStop pause; the process must be gone before SIGKILL
-        budget = pod_spec["terminationGracePeriodSeconds"] - container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        # the process must be gone before SIGKILL (after any preStop pause, SIGTERM, then the
+        # shutdown delay and the drain)
+        pause = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+        budget = pod_spec["terminationGracePeriodSeconds"] - pause
         started = time.monotonic()
         code = server.stop()
         elapsed = time.monotonic() - started

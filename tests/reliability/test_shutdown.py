@@ -1,6 +1,7 @@
 """Promise 8: SIGTERM during a burst answers everything accepted, refuses the rest with 503 /
-UNAVAILABLE, turns gRPC health NOT_SERVING and exits 0 within shutdown_grace_s. After SIGKILL and a
-restart, readiness turns true only once the model is loaded and warmed up."""
+UNAVAILABLE, turns gRPC health NOT_SERVING and exits 0 within shutdown_grace_s; with
+--shutdown-delay-s it first serves on, unready, for that long. After SIGKILL and a restart,
+readiness turns true only once the model is loaded and warmed up."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from protos.mhaserve.v1 import encoder_pb2 as pb
 from tests.reliability.drain import GRACE_S, check_drain, health_until_stopped
 from tests.reliability.load import Senders, measure_capacity, open_loop, summarise
 from tests.support.server import ServerProcess, launch
@@ -75,20 +77,62 @@ def test_after_sigkill_a_restart_is_ready_only_after_warm_up(start_server):
         while True:
             assert time.monotonic() < deadline, second.log()[-2000:]
             with contextlib.suppress(httpx.HTTPError):
+                # gRPC health first: it follows readiness, so if REST still says loading after it,
+                # gRPC must have said NOT_SERVING (the other order races the turn to ready)
+                grpc_status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
                 ready = httpx.get(second.url + "/health/ready", timeout=5)
                 embed = httpx.post(second.url + "/v1/embed", json={"inputs": ["too early?"]}, timeout=30)
-                grpc_status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
                 log = second.log()
                 if ready.status_code == 200:
                     assert "warm-up took" in log and "ready: ModelInfo" in log
                     assert embed.status_code == 200
                     break
                 assert ready.json()["status"] == "loading"
+                assert grpc_status == health_pb2.HealthCheckResponse.NOT_SERVING
                 assert embed.status_code in (200, 503), embed.text  # 200: it turned ready in between
                 if embed.status_code == 503:
                     assert embed.json()["error"]["type"] == "not_ready"
-                    assert grpc_status == health_pb2.HealthCheckResponse.NOT_SERVING
                 observed.append((ready.status_code, health_pb2.HealthCheckResponse.ServingStatus.Name(grpc_status)))
             time.sleep(0.02)
     assert observed and observed[0] == (503, "NOT_SERVING"), observed[:3]  # it was seen loading, not ready
     assert second.log().index("warm-up took") < second.log().index("ready: ModelInfo")
+
+
+def test_sigterm_with_a_shutdown_delay_serves_on_unready_then_drains(start_fake_server):
+    # a balancer polling readiness needs time to stop routing here: meanwhile requests are
+    # answered, not refused, and each REST answer closes its connection
+    delay_s = 2.0
+    server = start_fake_server("--shutdown-delay-s", str(delay_s), "--shutdown-grace-s", "5")
+    body = {"inputs": ["still served"]}
+    with grpc.insecure_channel(server.grpc_target) as channel, httpx.Client(base_url=server.url, timeout=10) as rest:
+        health = health_pb2_grpc.HealthStub(channel)
+        embed = channel.unary_unary(
+            "/mhaserve.v1.Encoder/Embed",
+            request_serializer=pb.EmbedRequest.SerializeToString,
+            response_deserializer=pb.EmbedResponse.FromString,
+        )
+        before = rest.post("/v1/embed", json=body)
+        assert before.status_code == 200 and before.headers.get("connection") != "close"
+        server.signal(signal.SIGTERM)
+        sigterm = time.monotonic()
+        time.sleep(0.3)
+        seen = []
+        while time.monotonic() < sigterm + delay_s - 0.3:
+            ready = rest.get("/health/ready")
+            answer = rest.post("/v1/embed", json=body)
+            serving = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+            rpc = embed(pb.EmbedRequest(inputs=["still served"]), timeout=5)
+            seen.append(
+                (ready.status_code, ready.json()["status"], answer.status_code, answer.headers.get("connection"))
+            )
+            assert serving == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert len(rpc.embeddings) == 1
+            time.sleep(0.1)
+        assert seen and set(seen) == {(503, "draining", 200, "close")}, seen[:5]
+        time.sleep(sigterm + delay_s + 0.2 - time.monotonic())
+        with contextlib.suppress(httpx.TransportError):  # or the port has closed already
+            late = rest.post("/v1/embed", json=body)
+            assert late.status_code == 503 and late.json()["error"]["type"] == "not_ready", late.text
+    assert server.wait(timeout=10) == 0
+    assert delay_s < time.monotonic() - sigterm < delay_s + 5
+    assert "leaving rotation" in server.log()
