@@ -130,7 +130,8 @@ async def closed_loop(make_call: Callable[[], Call], batches: list[list[str]], c
             batch = queue.pop()
             started = time.perf_counter()
             try:
-                tokens += await call(batch)
+                answered = await call(batch)  # awaited first: `tokens += await ...` reads tokens before
+                tokens += answered  # the await, and concurrent clients' sums would overwrite each other
             except Exception:
                 errors += 1
             latencies.append(time.perf_counter() - started)
@@ -153,7 +154,8 @@ async def open_loop(make_call: Callable[[], Call], texts: list[str], rate: float
         nonlocal tokens, errors
         call = await free.get()
         try:
-            tokens += await call([text])
+            answered = await call([text])
+            tokens += answered
         except Exception:
             errors += 1
         finally:

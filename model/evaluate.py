@@ -15,7 +15,16 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from artifact.hardware import cuda_usable
-from artifact.manifest import ATTENTION_MASK, FAST, FAST_FP16, FAST_INT8, INPUT_IDS, TOKEN_TYPE_IDS, Artifact
+from artifact.manifest import (
+    ATTENTION_MASK,
+    FAST,
+    FAST_FP16,
+    FAST_INT8,
+    INPUT_IDS,
+    LOGITS,
+    TOKEN_TYPE_IDS,
+    Artifact,
+)
 from artifact.pooling import Dense, l2_normalize, pad_batch, pool
 from model.data import read_sts, sts_dir, unique_sentences
 
@@ -105,6 +114,108 @@ class OrtEmbedder:
                 out = np.zeros((len(sentences), pooled.shape[1]), dtype=np.float32)
             out[index] = pooled
         return out
+
+
+class OrtCrossEncoder:
+    """Scores pairs through a cross-encoder's graph, in length-sorted batches, with the tokenizer
+    as the server configures it (pairs truncated longest_first at max_len)."""
+
+    def __init__(
+        self,
+        graph: Path,
+        tokenizer: Tokenizer,
+        num_labels: int,
+        score_activation: str,
+        threads: int = 0,
+        providers: list[str] | None = None,
+    ):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(graph), options, providers=providers or ["CPUExecutionProvider"])
+        self.tokenizer, self.num_labels, self.score_activation = tokenizer, num_labels, score_activation
+        self.token_types = TOKEN_TYPE_IDS in {i.name for i in self.session.get_inputs()}
+
+    @classmethod
+    def for_artifact(cls, artifact: Artifact, role: str = FAST, **kwargs) -> OrtCrossEncoder:
+        m = artifact.manifest
+        tokenizer = pair_tokenizer(artifact.tokenizer_path, m.max_len)
+        return cls(artifact.graph_path(role), tokenizer, len(m.labels), m.score_activation, **kwargs)
+
+    def feeds(self, encodings: list) -> dict[str, np.ndarray]:
+        input_ids, attention_mask = pad_batch([e.ids for e in encodings])
+        feeds = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask}
+        if self.token_types:
+            token_type_ids = np.zeros_like(input_ids)
+            for row, e in enumerate(encodings):
+                token_type_ids[row, : len(e.type_ids)] = e.type_ids
+            feeds[TOKEN_TYPE_IDS] = token_type_ids
+        return feeds
+
+    def logits(self, pairs: list[tuple[str, str]], batch_size: int = 64) -> np.ndarray:
+        """(N, num_labels) raw logits, as the graph outputs them."""
+        encodings = self.tokenizer.encode_batch(pairs)
+        order = np.argsort([len(e.ids) for e in encodings], kind="stable")
+        out = np.zeros((len(pairs), self.num_labels), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            out[index] = self.session.run([LOGITS], self.feeds([encodings[i] for i in index]))[0]
+        return out
+
+    def scores(self, pairs: list[tuple[str, str]], batch_size: int = 64) -> np.ndarray:
+        """What CrossEncoder.predict answers: the artifact's score_activation on the logits."""
+        return apply_score_activation(self.logits(pairs, batch_size), self.score_activation)
+
+
+def pair_tokenizer(path: Path, max_len: int) -> Tokenizer:
+    """An artifact's tokenizer set up as the server sets it up for pairs."""
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.enable_truncation(max_len, strategy="longest_first")
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def apply_score_activation(logits: np.ndarray, activation: str) -> np.ndarray:
+    if activation == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-logits))
+    if activation == "softmax":
+        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return shifted / shifted.sum(axis=-1, keepdims=True)
+    return logits
+
+
+def artifact_sts_spearman(artifact: Artifact, pairs: list, role: str = FAST) -> float:
+    """Spearman x100 of a one-label cross-encoder artifact's scores against gold STS scores, in process."""
+    scorer = OrtCrossEncoder.for_artifact(artifact, role)
+    return cross_sts_score(scorer, pairs)
+
+
+def cross_sts_score(scorer: OrtCrossEncoder, pairs: list) -> float:
+    scores = scorer.scores([(p.sentence1, p.sentence2) for p in pairs])[:, 0]
+    return 100.0 * spearman(scores, np.array([p.score for p in pairs]))
+
+
+def cross_int8_gate(
+    fp32_graph: Path, int8_graph: Path, tokenizer_path: Path, num_labels: int, score_activation: str
+) -> dict:
+    """int8 is kept only when it scores pairs as fp32 does: on sts-dev pairs the scores' rank
+    correlation to fp32's >= 0.99 and the largest score change <= 0.05; for a one-label model also
+    sts-test within 0.3 of fp32 (the same bound as embedders)."""
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))  # saved with the export's truncation
+    fp32 = OrtCrossEncoder(fp32_graph, tokenizer, num_labels, score_activation)
+    int8 = OrtCrossEncoder(int8_graph, tokenizer, num_labels, score_activation)
+    dev = [(p.sentence1, p.sentence2) for p in read_sts(sts_dir() / "sts-dev.csv")]
+    a, b = fp32.scores(dev), int8.scores(dev)
+    agreement = min(spearman(a[:, k], b[:, k]) for k in range(num_labels))
+    gate = {"score_spearman_to_fp32": round(agreement, 5), "max_score_diff": round(float(np.abs(a - b).max()), 5)}
+    passed = agreement >= 0.99 and gate["max_score_diff"] <= 0.05
+    if num_labels == 1:
+        test = read_sts(sts_dir() / "sts-test.csv")
+        gate["sts_test_fp32"] = round(cross_sts_score(fp32, test), 3)
+        gate["sts_test_int8"] = round(cross_sts_score(int8, test), 3)
+        passed = passed and abs(gate["sts_test_fp32"] - gate["sts_test_int8"]) <= 0.3
+    gate["passed"] = bool(passed)
+    return gate
 
 
 def sts_score(embedder: OrtEmbedder, split: str) -> float:

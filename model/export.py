@@ -9,7 +9,13 @@ Graphs written:
 - fast.int8.onnx  dynamically quantized for the CPU, written only if it passes its quality gate.
 
 A sentence-transformers model's Dense layers (after pooling) are written as .npy files the
-server applies in numpy; the graphs always output the encoder's own token embeddings.
+server applies in numpy; an embedder's graphs always output the encoder's own token embeddings.
+
+A cross-encoder (model/cross_encoder.py) is written as manifest format 3: the same four graphs
+take input_ids, attention_mask and token_type_ids and output raw `logits` (batch, num_labels);
+the attention graph also outputs the attention probabilities. The manifest says the task, the
+labels and the activation CrossEncoder.predict applies; int8 has its own gate (scores, not
+vectors).
 """
 
 from __future__ import annotations
@@ -36,18 +42,25 @@ from artifact.manifest import (
     ATTENTION,
     ATTENTION_MASK,
     ATTENTION_PROBS,
+    CLASSIFY,
+    CROSS_ENCODER_FORMAT,
     FAST,
     FAST_FP16,
     FAST_INT8,
     HIDDEN_STATES,
     INPUT_IDS,
+    LOGITS,
     MANIFEST_FILE,
+    RERANK,
+    TOKEN_TYPE_IDS,
     TOKENIZER_FILE,
     DenseSpec,
     GraphSpec,
     Manifest,
     sha256_of,
 )
+from model.config import EncoderConfig
+from model.cross_encoder import CrossEncoder
 from model.data import sts_dir
 from model.encoder import Encoder
 from model.errors import ModelError
@@ -89,44 +102,72 @@ class _GraphModule(torch.nn.Module):
         return self.encoder(input_ids, attention_mask, return_attention=self.with_attention)
 
 
-def trace_to_onnx(encoder: Encoder, path: Path, with_attention: bool) -> None:
+class _PairGraphModule(torch.nn.Module):
+    """A cross-encoder with the three-input signature of a pair graph."""
+
+    def __init__(self, model: CrossEncoder, with_attention: bool):
+        super().__init__()
+        self.model = model
+        self.with_attention = with_attention
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor):
+        return self.model(input_ids, attention_mask, token_type_ids, return_attention=self.with_attention)
+
+
+def trace_to_onnx(model: Encoder | CrossEncoder, path: Path, with_attention: bool) -> None:
+    pair = isinstance(model, CrossEncoder)
     # batch 2 and sequence 8 with a padded row: dims of 0 or 1 would be specialised away
-    input_ids = torch.randint(1, encoder.config.vocab_size, (2, 8))
+    input_ids = torch.randint(1, model.config.vocab_size, (2, 8))
     attention_mask = torch.ones(2, 8, dtype=torch.int64)
     attention_mask[1, 5:] = 0
-    outputs = [HIDDEN_STATES] + ([ATTENTION_PROBS] if with_attention else [])
-    dynamic_axes = {
-        INPUT_IDS: {0: "batch", 1: "sequence"},
-        ATTENTION_MASK: {0: "batch", 1: "sequence"},
-        HIDDEN_STATES: {0: "batch", 1: "sequence"},
-    }
+    names = [INPUT_IDS, ATTENTION_MASK]
+    args: tuple = (input_ids, attention_mask)
+    inputs = list(names)  # what the graph takes
+    if pair:
+        token_type_ids = torch.zeros(2, 8, dtype=torch.int64)
+        token_type_ids[0, 4:], token_type_ids[1, 3:5] = 1, 1
+        args += (token_type_ids,)
+        names.append(TOKEN_TYPE_IDS)
+        if model.config.type_vocab_size:  # MPNet has no segments: the exporter drops the unused input
+            inputs.append(TOKEN_TYPE_IDS)
+        module: torch.nn.Module = _PairGraphModule(model.eval(), with_attention)
+        first = LOGITS
+        dynamic_axes = {LOGITS: {0: "batch"}}
+    else:
+        module = _GraphModule(model.eval(), with_attention)
+        first = HIDDEN_STATES
+        dynamic_axes = {HIDDEN_STATES: {0: "batch", 1: "sequence"}}
+    outputs = [first] + ([ATTENTION_PROBS] if with_attention else [])
+    dynamic_axes.update({name: {0: "batch", 1: "sequence"} for name in inputs})
     if with_attention:
         dynamic_axes[ATTENTION_PROBS] = {0: "batch", 3: "sequence", 4: "sequence"}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
         torch.onnx.export(
-            _GraphModule(encoder.eval(), with_attention),
-            (input_ids, attention_mask),
+            module,
+            args,
             str(path),
             dynamo=False,
             opset_version=OPSET,
-            input_names=[INPUT_IDS, ATTENTION_MASK],
+            input_names=names,
             output_names=outputs,
             dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
-    model = onnx.load(str(path))
-    for graph_input in model.graph.input:
+    onnx_model = onnx.load(str(path))
+    names = [i.name for i in onnx_model.graph.input]
+    if names != inputs:
+        raise ModelError(f"{path}: inputs {names}, expected {inputs}")
+    for graph_input in onnx_model.graph.input:
         dims = [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim]
         if dims != ["batch", "sequence"]:
             raise ModelError(f"{path}: input {graph_input.name} has shape {dims}, expected dynamic [batch, sequence]")
 
 
-def optimize(raw: Path, out: Path, encoder: Encoder, fuse_attention: bool):
+def optimize(raw: Path, out: Path, config: EncoderConfig, fuse_attention: bool):
     """Apply onnxruntime's BERT optimizer; returns the optimized model and its fusion counts."""
     options = FusionOptions("bert")
     options.enable_attention = fuse_attention
-    config = encoder.config
     model = optimizer.optimize_model(
         str(raw),
         model_type="bert",
@@ -200,12 +241,12 @@ def export_artifact(encoder: Encoder, tokenizer_json: Path, out_dir: Path, optio
         raw.mkdir()
 
         trace_to_onnx(encoder, raw / "fast.onnx", with_attention=False)
-        fast_model, fast_fusions = optimize(raw / "fast.onnx", work / GRAPH_FILES[FAST], encoder, fuse_attention=True)
+        fast_model, fast_fusions = optimize(raw / "fast.onnx", work / GRAPH_FILES[FAST], config, fuse_attention=True)
         log.info("fast graph fusions: %s", fast_fusions)
 
         trace_to_onnx(encoder, raw / "attention.onnx", with_attention=True)
         _, attention_fusions = optimize(
-            raw / "attention.onnx", work / GRAPH_FILES[ATTENTION], encoder, fuse_attention=False
+            raw / "attention.onnx", work / GRAPH_FILES[ATTENTION], config, fuse_attention=False
         )
         log.info("attention graph fusions: %s", attention_fusions)
 
@@ -251,15 +292,7 @@ def export_artifact(encoder: Encoder, tokenizer_json: Path, out_dir: Path, optio
             opset=OPSET,
             graphs=graphs,
             files=files,
-            provenance={
-                **(options.provenance or {}),
-                "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "export_seconds": round(time.monotonic() - started, 1),
-                "torch": torch.__version__,
-                "onnx": onnx.__version__,
-                "onnxruntime": onnxruntime.__version__,
-                "python": platform.python_version(),
-            },
+            provenance=export_provenance(options, started),
             quality=quality,
             encoder_config=config.to_dict(),
             dense=dense,
@@ -268,13 +301,133 @@ def export_artifact(encoder: Encoder, tokenizer_json: Path, out_dir: Path, optio
             matryoshka_dims=tuple(options.matryoshka_dims),
             sentence_transformers=dict(options.sentence_transformers or {}),
         )
-        manifest.check_consistency(work / MANIFEST_FILE)
-        (work / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
-        work.chmod(0o755)  # mkdtemp makes it private; the server may run as another user
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        work.rename(out_dir)
-        return manifest
+        return move_into_place(work, out_dir, manifest)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def export_provenance(options: ExportOptions, started: float) -> dict:
+    return {
+        **(options.provenance or {}),
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "export_seconds": round(time.monotonic() - started, 1),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def move_into_place(work: Path, out_dir: Path, manifest: Manifest) -> Manifest:
+    manifest.check_consistency(work / MANIFEST_FILE)
+    (work / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    work.chmod(0o755)  # mkdtemp makes it private; the server may run as another user
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    work.rename(out_dir)
+    return manifest
+
+
+def check_pair_tokenizer(tokenizer, config: EncoderConfig, source: Path) -> None:
+    """The tokenizer's post-processor must build pairs: two segments, type ids 0 then 1 where the
+    model has segment embeddings (transformers' `[CLS] a [SEP] b [SEP]`)."""
+    single = tokenizer.encode("a", add_special_tokens=True)
+    pair = tokenizer.encode("a", "b", add_special_tokens=True)
+    plain = tokenizer.encode("a", add_special_tokens=False), tokenizer.encode("b", add_special_tokens=False)
+    if tokenizer.post_processor is None or len(pair.ids) <= len(plain[0].ids) + len(plain[1].ids):
+        raise ModelError(f"{source}: the tokenizer adds no special tokens around a pair; it has no pair post-processor")
+    if len(pair.ids) <= len(single.ids):
+        raise ModelError(f"{source}: the tokenizer does not put the second text of a pair in the sequence")
+    if config.type_vocab_size > 1 and set(pair.type_ids) != {0, 1}:
+        raise ModelError(f"{source}: the tokenizer gives pairs type ids {sorted(set(pair.type_ids))}, expected 0 and 1")
+    if config.type_vocab_size and any(t >= config.type_vocab_size for t in pair.type_ids):
+        raise ModelError(f"{source}: the tokenizer's type ids exceed the model's {config.type_vocab_size} segments")
+
+
+def export_cross_encoder(model: CrossEncoder, tokenizer_json: Path, out_dir: Path, options: ExportOptions) -> Manifest:
+    """A cross-encoder as a format-3 artifact: pair graphs with logits, its task, labels and activation."""
+    from model.evaluate import cross_int8_gate  # evaluation imports export's helpers too
+
+    out_dir = Path(out_dir)
+    started = time.monotonic()
+    config = model.config
+    if options.max_len > config.max_tokens:
+        raise ModelError(f"max_len {options.max_len} exceeds the {config.max_tokens} tokens the positions cover")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    try:
+        tokenizer = load_tokenizer(tokenizer_json, options.max_len)
+        if options.do_lower_case:
+            tokenizer = lower_case_first(tokenizer)
+        check_pair_tokenizer(tokenizer, config, tokenizer_json)
+        tokenizer.save(str(work / TOKENIZER_FILE))
+        raw = work / "raw"
+        raw.mkdir()
+
+        trace_to_onnx(model, raw / "fast.onnx", with_attention=False)
+        fast_model, fast_fusions = optimize(raw / "fast.onnx", work / GRAPH_FILES[FAST], config, fuse_attention=True)
+        log.info("fast graph fusions: %s", fast_fusions)
+        trace_to_onnx(model, raw / "attention.onnx", with_attention=True)
+        _, attention_fusions = optimize(
+            raw / "attention.onnx", work / GRAPH_FILES[ATTENTION], config, fuse_attention=False
+        )
+        log.info("attention graph fusions: %s", attention_fusions)
+        fast_model.convert_float_to_float16(keep_io_types=True)
+        fast_model.save_model_to_file(str(work / GRAPH_FILES[FAST_FP16]))
+        onnx.checker.check_model(str(work / GRAPH_FILES[FAST_FP16]), full_check=True)
+
+        # a model without segment embeddings (MPNet) has no use for token_type_ids: its graphs don't take them
+        inputs = (INPUT_IDS, ATTENTION_MASK) + ((TOKEN_TYPE_IDS,) if config.type_vocab_size else ())
+        graphs = {
+            FAST: GraphSpec(GRAPH_FILES[FAST], "fp32", inputs, (LOGITS,), fusions=fast_fusions),
+            ATTENTION: GraphSpec(
+                GRAPH_FILES[ATTENTION], "fp32", inputs, (LOGITS, ATTENTION_PROBS), fusions=attention_fusions
+            ),
+            FAST_FP16: GraphSpec(GRAPH_FILES[FAST_FP16], "fp16", inputs, (LOGITS,), fusions=fast_fusions),
+        }
+        quality: dict = {}
+        labels, activation = model.info.labels, model.info.score_activation
+        if options.int8 and not (sts_dir() / "sts-dev.csv").is_file():
+            log.warning("int8 graph left out: its quality gate needs the STS Benchmark (set STSB_DIR)")
+            quality["int8_gate"] = {"passed": False, "skipped": f"no STS Benchmark at {sts_dir()}"}
+        elif options.int8:
+            quantize_int8(work / GRAPH_FILES[FAST], work / GRAPH_FILES[FAST_INT8])
+            gate = cross_int8_gate(
+                work / GRAPH_FILES[FAST], work / GRAPH_FILES[FAST_INT8], work / TOKENIZER_FILE, len(labels), activation
+            )
+            quality["int8_gate"] = gate
+            if gate["passed"]:
+                graphs[FAST_INT8] = GraphSpec(GRAPH_FILES[FAST_INT8], "int8", inputs, (LOGITS,))
+            else:
+                log.warning("int8 graph left out: it failed its quality gate %s", gate)
+                (work / GRAPH_FILES[FAST_INT8]).unlink()
+        shutil.rmtree(raw)
+
+        files = {p.name: sha256_of(p) for p in sorted(work.iterdir()) if p.name != MANIFEST_FILE}
+        manifest = Manifest(
+            name=options.name,
+            version=options.version,
+            d_model=config.d_model,
+            n_layers=config.n_layers,
+            n_heads=config.n_heads,
+            max_len=options.max_len,
+            vocab_size=config.vocab_size,
+            pooling="cls",
+            normalize=False,
+            opset=OPSET,
+            graphs=graphs,
+            files=files,
+            provenance=export_provenance(options, started),
+            quality=quality,
+            encoder_config=config.to_dict(),
+            format_version=CROSS_ENCODER_FORMAT,
+            sentence_transformers=dict(options.sentence_transformers or model.info.sentence_transformers or {}),
+            task=RERANK if len(labels) == 1 else CLASSIFY,
+            labels=tuple(labels),
+            score_activation=activation,
+        )
+        return move_into_place(work, out_dir, manifest)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

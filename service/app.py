@@ -18,8 +18,8 @@ import signal
 from pathlib import Path
 
 from artifact.manifest import Artifact, ArtifactError
-from service.backends.base import Backend
-from service.backends.fake import FAKE_SPEC, FakeBackend
+from service.backends.base import Backend, ModelSpec
+from service.backends.fake import FAKE_SPEC, FAKE_SPECS, FakeBackend
 from service.backends.faults import FaultInjectingBackend
 from service.config import Settings
 from service.core.engine import Engine
@@ -39,12 +39,12 @@ def model_name(model_dir: Path) -> str:
     return Artifact.load(model_dir, verify=False).manifest.name
 
 
-def load_backend(model_dir: Path | None, settings: Settings) -> Backend:
-    """onnxruntime on the artifact, or the fake (model_dir None); with --fault-inject-text,
-    wrapped to fail matching batches. onnxruntime is imported only when it is used."""
+def load_backend(model_dir: Path | None, settings: Settings, fake_spec: ModelSpec = FAKE_SPEC) -> Backend:
+    """onnxruntime on the artifact, or the fake of `fake_spec` (model_dir None); with
+    --fault-inject-text, wrapped to fail matching batches. onnxruntime is imported only when it is used."""
     if model_dir is None:
         backend: Backend = FakeBackend(
-            workers=max(settings.inference_workers, 1), delay_s=settings.fake_batch_ms / 1000
+            spec=fake_spec, workers=max(settings.inference_workers, 1), delay_s=settings.fake_batch_ms / 1000
         )
     else:
         from service.backends.onnx import OnnxBackend
@@ -56,9 +56,13 @@ def load_backend(model_dir: Path | None, settings: Settings) -> Backend:
 
 
 def engines_to_serve(settings: Settings, metrics: Metrics) -> list[Engine]:
-    """One engine per --model-dir, or the one fake model with --backend fake."""
+    """One engine per --model-dir, or with --backend fake one fake model per --fake-task."""
     if settings.backend == "fake":
-        return [Engine(settings, functools.partial(load_backend, None, settings), metrics, name=FAKE_SPEC.name)]
+        specs = [FAKE_SPECS[task] for task in dict.fromkeys(settings.fake_task)]
+        return [
+            Engine(settings, functools.partial(load_backend, None, settings, spec), metrics, name=spec.name)
+            for spec in specs
+        ]
     return [
         Engine(settings, functools.partial(load_backend, d, settings), metrics, name=model_name(d))
         for d in settings.model_dir

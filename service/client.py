@@ -6,6 +6,7 @@ transport works against the other:
 
     with GrpcClient("localhost:50051") as client:
         vectors = client.embed(["a sentence", "another"]).embeddings   # (2, 384) float32
+        best = client.rerank("a query", ["a document", "another"], model="a-reranker").results[0]
 """
 
 from __future__ import annotations
@@ -24,8 +25,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos.mhaserve.v1 import encoder_pb2 as pb
 from protos.mhaserve.v1 import encoder_pb2_grpc
 from service import errors
-from service.grpc.enums import HEAD_REDUCTION_NAMES, HEAD_REDUCTION_VALUES, POOLING_VALUES
-from service.types import AttentionSelection, ModelInfo, Token
+from service.grpc.enums import (
+    ATTENTION_BLOCK_NAMES,
+    ATTENTION_BLOCK_VALUES,
+    HEAD_REDUCTION_NAMES,
+    HEAD_REDUCTION_VALUES,
+    POOLING_VALUES,
+)
+from service.types import AttentionSelection, LabelScore, ModelInfo, Span, Token
 
 # A gRPC status the server did not send itself (a deadline the channel enforced, a lost
 # connection) carries no error type: the code alone says what it was.
@@ -48,6 +55,32 @@ class Embeddings:
     attention_rollout: bool = False
     attention_rows: tuple[int, ...] | None = None  # None: every row
     usage_tokens: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ranked:
+    """One document's result: its index in the request, its score, and on request its pair's
+    tokens, where the query and the document sit in it, and its attention."""
+
+    index: int
+    score: float
+    tokens: list[Token] | None = None
+    query_span: Span | None = None
+    document_span: Span | None = None
+    attention: np.ndarray | None = None  # (layers', heads', rows', columns') over the block asked for
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reranking:
+    """One rerank call's answer: results best first (the top_n of them)."""
+
+    results: list[Ranked]
+    attention_layers: tuple[int, ...] = ()
+    attention_heads: tuple[int, ...] = ()
+    attention_reduce_heads: str = "none"
+    attention_rollout: bool = False
+    attention_rows: tuple[int, ...] | None = None
+    attention_block: str = "full"
 
 
 def check_selection(attention: AttentionSelection) -> None:
@@ -124,14 +157,7 @@ class RestClient(ClosingClient):
         if pooling is not None:
             body["pooling"] = pooling
         if attention is not None:
-            check_selection(attention)
-            body["return_attention"] = {
-                "layers": "all" if attention.layers is None else list(attention.layers),
-                "heads": "all" if attention.heads is None else list(attention.heads),
-                "reduce_heads": attention.reduce_heads,
-                "rollout": attention.rollout,
-                "rows": "all" if attention.rows is None else list(attention.rows),
-            }
+            body["return_attention"] = attention_json(attention)
         if timeout_s is not None:
             body["timeout_s"] = timeout_s
         answer = self._post("/v1/embed", body)
@@ -153,6 +179,79 @@ class RestClient(ClosingClient):
             else tuple(attention_out[0]["rows"]),
             usage_tokens=answer["usage"]["tokens"],
         )
+
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        model: str | None = None,
+        raw_scores: bool = False,
+        truncate: bool = True,
+        top_n: int | None = None,
+        return_tokens: bool = False,
+        attention: AttentionSelection | None = None,
+        timeout_s: float | None = None,
+    ) -> Reranking:
+        """Every document's score against the query (POST /rerank), best first."""
+        body: dict[str, Any] = {
+            "query": query,
+            "texts": list(documents),
+            "raw_scores": raw_scores,
+            "truncate": truncate,
+            "return_tokens": return_tokens,
+            "encoding": "base64",
+        }
+        for name, value in (("model", model), ("top_n", top_n), ("timeout_s", timeout_s)):
+            if value is not None:
+                body[name] = value
+        if attention is not None:
+            body["return_attention"] = {**attention_json(attention), "block": attention.block}
+        answer = self._post("/rerank", body)
+        first = answer[0].get("attention") if answer else None
+        return Reranking(
+            results=[
+                Ranked(
+                    index=item["index"],
+                    score=item["score"],
+                    tokens=tokens_from_json(item["tokens"]) if "tokens" in item else None,
+                    query_span=Span(*item["query_span"]) if "query_span" in item else None,
+                    document_span=Span(*item["document_span"]) if "document_span" in item else None,
+                    attention=from_base64(item["attention"]["data"], item["attention"]["shape"])
+                    if "attention" in item
+                    else None,
+                )
+                for item in answer
+            ],
+            attention_layers=tuple(first["layers"]) if first else (),
+            attention_heads=tuple(first["heads"]) if first else (),
+            attention_reduce_heads=first["reduce_heads"] if first else "none",
+            attention_rollout=first["rollout"] if first else False,
+            attention_rows=None if not first or first["rows"] == "all" else tuple(first["rows"]),
+            attention_block=first["block"] if first else "full",
+        )
+
+    def predict(
+        self,
+        inputs: Sequence[str | tuple[str, str]],
+        *,
+        model: str | None = None,
+        raw_scores: bool = False,
+        truncate: bool = True,
+        top_k: int | None = None,
+        timeout_s: float | None = None,
+    ) -> list[list[LabelScore]]:
+        """Each input's (a text, or a pair) labels with their scores, best first (POST /predict)."""
+        body: dict[str, Any] = {
+            "inputs": [[text] if isinstance(text, str) else list(text) for text in inputs],
+            "raw_scores": raw_scores,
+            "truncate": truncate,
+        }
+        for name, value in (("model", model), ("top_k", top_k), ("timeout_s", timeout_s)):
+            if value is not None:
+                body[name] = value
+        answer = self._post("/predict", body)  # a list of lists: never read as one pair
+        return [[LabelScore(p["label"], p["score"]) for p in row] for row in answer]
 
     def tokenize(
         self, inputs: str | Sequence[str], *, model: str | None = None, truncate: bool = True
@@ -179,6 +278,8 @@ class RestClient(ClosingClient):
                 provider=card["provider"],
                 precision=card["precision"],
                 graph=card["graph"],
+                task=card["task"],
+                labels=tuple(card["labels"]),
             )
             for card in answer["data"]
         ]
@@ -202,6 +303,17 @@ class RestClient(ClosingClient):
         except (ValueError, KeyError, TypeError):
             kind, message = "internal_error", f"HTTP {response.status_code}: {response.text[:500]}"
         raise errors.error_from_type(kind, message)
+
+
+def attention_json(attention: AttentionSelection) -> dict[str, Any]:
+    check_selection(attention)
+    return {
+        "layers": "all" if attention.layers is None else list(attention.layers),
+        "heads": "all" if attention.heads is None else list(attention.heads),
+        "reduce_heads": attention.reduce_heads,
+        "rollout": attention.rollout,
+        "rows": "all" if attention.rows is None else list(attention.rows),
+    }
 
 
 def tokens_from_json(row: list[dict]) -> list[Token]:
@@ -276,19 +388,24 @@ def embed_message(
         return_token_embeddings=return_token_embeddings,
     )
     if attention is not None:
-        check_selection(attention)
-        if attention.reduce_heads not in HEAD_REDUCTION_VALUES:
-            known = ", ".join(repr(name) for name in HEAD_REDUCTION_VALUES)
-            raise errors.InvalidRequest(
-                f"head reduction {attention.reduce_heads!r} is not supported: use one of {known}"
-            )
-        message.attention.SetInParent()  # present even when every list is unset (= all)
-        message.attention.layers.extend(attention.layers or ())
-        message.attention.heads.extend(attention.heads or ())
-        message.attention.reduce_heads = HEAD_REDUCTION_VALUES[attention.reduce_heads]
-        message.attention.rollout = attention.rollout
-        message.attention.rows.extend(attention.rows or ())
+        set_attention(message.attention, attention)
     return message
+
+
+def set_attention(message: pb.AttentionSelection, attention: AttentionSelection) -> None:
+    check_selection(attention)
+    if attention.reduce_heads not in HEAD_REDUCTION_VALUES:
+        known = ", ".join(repr(name) for name in HEAD_REDUCTION_VALUES)
+        raise errors.InvalidRequest(f"head reduction {attention.reduce_heads!r} is not supported: use one of {known}")
+    if attention.block not in ATTENTION_BLOCK_VALUES:
+        known = ", ".join(repr(name) for name in ATTENTION_BLOCK_VALUES)
+        raise errors.InvalidRequest(f"attention block {attention.block!r} is not supported: use one of {known}")
+    message.SetInParent()  # present even when every list is unset (= all)
+    message.layers.extend(attention.layers or ())
+    message.heads.extend(attention.heads or ())
+    message.reduce_heads = HEAD_REDUCTION_VALUES[attention.reduce_heads]
+    message.rollout = attention.rollout
+    message.rows.extend(attention.rows or ())
 
 
 class GrpcClient(ClosingClient):
@@ -348,9 +465,81 @@ class GrpcClient(ClosingClient):
         response = self._call(self.stub.Tokenize, message)
         return [tokens_from_proto(row) for row in response.tokens]
 
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        model: str | None = None,
+        raw_scores: bool = False,
+        truncate: bool = True,
+        top_n: int | None = None,
+        return_tokens: bool = False,
+        attention: AttentionSelection | None = None,
+        timeout_s: float | None = None,
+    ) -> Reranking:
+        """Every document's score against the query (Rerank), best first."""
+        message = pb.RerankRequest(
+            model=model or "",
+            query=query,
+            documents=list(documents),
+            raw_scores=raw_scores,
+            truncate=truncate,
+            return_tokens=return_tokens,
+        )
+        if top_n is not None:
+            message.top_n = top_n
+        if attention is not None:
+            set_attention(message.attention, attention)
+            message.attention.block = ATTENTION_BLOCK_VALUES[attention.block]
+        response = self._call(self.stub.Rerank, message, timeout_s)
+        spans = bool(response.results) and response.results[0].HasField("query_span")
+        return Reranking(
+            results=[
+                Ranked(
+                    index=r.index,
+                    score=r.score,
+                    tokens=tokens_from_proto(r.tokens) if return_tokens else None,
+                    query_span=Span(r.query_span.start, r.query_span.end) if spans else None,
+                    document_span=Span(r.document_span.start, r.document_span.end) if spans else None,
+                    attention=from_tensor(r.attention) if r.HasField("attention") else None,
+                )
+                for r in response.results
+            ],
+            attention_layers=tuple(response.attention_layers),
+            attention_heads=tuple(response.attention_heads),
+            attention_reduce_heads=HEAD_REDUCTION_NAMES.get(response.attention_reduce_heads, "none"),
+            attention_rollout=response.attention_rollout,
+            attention_rows=tuple(response.attention_rows) or None,
+            attention_block=ATTENTION_BLOCK_NAMES.get(response.attention_block, "full"),
+        )
+
+    def predict(
+        self,
+        inputs: Sequence[str | tuple[str, str]],
+        *,
+        model: str | None = None,
+        raw_scores: bool = False,
+        truncate: bool = True,
+        top_k: int | None = None,
+        timeout_s: float | None = None,
+    ) -> list[list[LabelScore]]:
+        """Each input's (a text, or a pair) labels with their scores, best first (Predict)."""
+        message = pb.PredictRequest(model=model or "", raw_scores=raw_scores, truncate=truncate)
+        for item in inputs:
+            if isinstance(item, str):
+                message.inputs.add(text=item)
+            else:
+                message.inputs.add(text=item[0], text_pair=item[1])
+        if top_k is not None:
+            message.top_k = top_k
+        response = self._call(self.stub.Predict, message, timeout_s)
+        return [[LabelScore(p.label, p.score) for p in row.labels] for row in response.predictions]
+
     def model_info(self, model: str | None = None) -> ModelInfo:
         info = self._call(self.stub.GetModelInfo, pb.GetModelInfoRequest(model=model or ""))
-        return ModelInfo(**{f.name: getattr(info, f.name) for f in dataclasses.fields(ModelInfo)})
+        fields = {f.name: getattr(info, f.name) for f in dataclasses.fields(ModelInfo)}
+        return ModelInfo(**{**fields, "labels": tuple(info.labels)})
 
     def serving(self, service: str = "") -> bool:
         """grpc.health.v1: SERVING only while the model is loaded and the server not draining."""

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         "nothing)",
     )
     fake_batch_ms: float = setting(0.0, "with --backend fake: how long each batch takes (a slow runtime)")
+    fake_task: Annotated[tuple[Literal["embed", "rerank", "classify"], ...], NoDecode] = setting(
+        ("embed",),
+        "with --backend fake: what each fake model does, one model per task listed (comma-separated), the "
+        "first the default: embed (served as 'fake'), rerank ('fake-rerank', a cross-encoder scoring pairs by "
+        "shared words) or classify ('fake-classify', three labels); see service/backends/fake.py",
+    )
     host: str = setting("0.0.0.0", "address both servers bind")
     http_port: int = setting(8000, "REST port (FastAPI; also KServe v2 REST, /metrics, /ui)")
     grpc_port: int = setting(50051, "gRPC port (mhaserve.v1.Encoder, KServe v2, health, reflection)")
@@ -145,7 +151,7 @@ class Settings(BaseSettings):
         "text fails in the runtime (service.backends.faults)",
     )
 
-    @field_validator("api_keys", "model_dir", mode="before")
+    @field_validator("api_keys", "model_dir", "fake_task", mode="before")
     @classmethod
     def split_lists(cls, value: Any) -> Any:
         """A repeated flag gives a list, a variable a comma-separated string: each may list several."""

@@ -96,7 +96,10 @@ class Metrics:
             registry=r,
         )
         self.model_info = Gauge(
-            "mhaserve_model_info", "The model being served", ["name", "version", "provider", "precision"], registry=r
+            "mhaserve_model_info",
+            "The models being served, with what each does (task: embed, rerank or classify)",
+            ["name", "version", "provider", "precision", "task"],
+            registry=r,
         )
         for error_type in ERROR_TYPES:
             self.errors.labels(error_type)

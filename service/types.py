@@ -18,6 +18,8 @@ class AttentionSelection:
     reduce_heads: "none" (each selected head), "mean" or "max" over the selected heads.
     rollout: chain the selected layers into one matrix (attention rollout, service.core.attention).
     rows: the query positions to keep, e.g. (0,) for what [CLS] draws from.
+    block: on a pair (rerank), "full" (the whole pair), "query_to_document" (rows the query's
+    tokens, columns the document's) or "document_to_query"; a block chooses the rows itself.
     """
 
     layers: tuple[int, ...] | None = None
@@ -25,6 +27,7 @@ class AttentionSelection:
     reduce_heads: str = "none"
     rollout: bool = False
     rows: tuple[int, ...] | None = None
+    block: str = "full"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,6 +99,87 @@ class EmbedResult:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RerankRequest:
+    """Score each document against the query with a cross-encoder (a model whose task is rerank):
+    each (query, document) pair is one sequence to the batcher, the answer one score per document."""
+
+    query: str
+    documents: tuple[str, ...]
+    model: str | None = None
+    raw_scores: bool = False  # the logit, not the model's score activation (sigmoid for most rerankers)
+    truncate: bool = True  # cut a pair at max_len (longest_first); false: such a pair is an error
+    top_n: int | None = None  # only the best n results; None: every document
+    return_tokens: bool = False
+    attention: AttentionSelection | None = None  # over each pair, or one of its blocks
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Span:
+    """Token positions [start, end) of one side of a pair in its sequence, special tokens excluded."""
+
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class RerankResult:
+    model: str
+    scores: np.ndarray  # (n_documents,) float32, in document order
+    tokens: list[list[Token]] | None = None  # each pair's tokens: [CLS] query [SEP] document [SEP]
+    query_spans: tuple[Span, ...] = ()  # per document: where the query sits in its pair
+    document_spans: tuple[Span, ...] = ()  # and where the document does
+    attention: list[np.ndarray] | None = None  # per document (layers', heads', rows', columns')
+    attention_layers: tuple[int, ...] = ()
+    attention_heads: tuple[int, ...] = ()
+    attention_reduce_heads: str = "none"
+    attention_rollout: bool = False
+    attention_rows: tuple[int, ...] | None = None
+    attention_block: str = "full"
+    token_counts: tuple[int, ...] = ()
+    top_n: int | None = None
+    timings: Timings = field(default_factory=Timings)
+
+    @property
+    def usage_tokens(self) -> int:
+        return sum(self.token_counts)
+
+    def ranking(self) -> list[int]:
+        """Document indices, best first (ties: the earlier document first), the top_n of them."""
+        return sorted(range(len(self.scores)), key=lambda i: (-float(self.scores[i]), i))[: self.top_n]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictRequest:
+    """Classify each input, a text or a (text, text) pair, with a cross-encoder's labels."""
+
+    inputs: tuple[tuple[str, ...], ...]  # each one text, or a pair
+    model: str | None = None
+    raw_scores: bool = False  # the logits, not the model's score activation
+    truncate: bool = True
+    top_k: int | None = None  # the best k labels per input; None: every label
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    score: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictResult:
+    model: str
+    predictions: list[list[LabelScore]]  # per input, best label first
+    token_counts: tuple[int, ...] = ()
+    timings: Timings = field(default_factory=Timings)
+
+    @property
+    def usage_tokens(self) -> int:
+        return sum(self.token_counts)
+
+
+@dataclass(frozen=True, kw_only=True)
 class TokenizeRequest:
     inputs: tuple[str, ...]
     model: str | None = None
@@ -122,3 +206,5 @@ class ModelInfo:
     provider: str  # "CUDAExecutionProvider" | "CPUExecutionProvider"
     precision: str  # fp32 | fp16 | int8
     graph: str  # file of the fast graph in use
+    task: str = "embed"  # embed | rerank | classify
+    labels: tuple[str, ...] = ()  # a cross-encoder's labels, in id order

@@ -118,6 +118,34 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CrossFinetuneConfig:
+    """A cross-encoder (model/cross_encoder.py) trained on scored pairs read together."""
+
+    train_file: Path = field(metadata=flag("scored pairs, STS Benchmark columns", name="--train"))
+    dev_file: Path | None = field(
+        default=None,
+        metadata=flag("scored pairs (sts format) evaluated each epoch; the best epoch is kept", name="--dev"),
+    )
+    test_file: Path | None = field(
+        default=None,
+        metadata=flag("scored pairs (sts format) reported once for the kept epoch, never selected on", name="--test"),
+    )
+    checkpoint: Path | None = field(
+        default=None,
+        metadata=flag(
+            "BERT/MPNet encoder or cross-encoder checkpoint dir; an encoder gets its pooler (if any) and a new "
+            "classifier",
+            default_help="all-MiniLM-L6-v2",
+        ),
+    )
+    score_range: tuple[float, float] = field(
+        default=(0.0, 5.0),
+        metadata=flag("the gold scores' range, scaled to the [0, 1] target", metavar=("MIN", "MAX")),
+    )
+    both_orders: bool = field(default=False, metadata=flag("also train every pair as (b, a)"))
+
+
+@dataclass(frozen=True, kw_only=True)
 class PretrainConfig:
     corpus: Path = field(metadata=flag("UTF-8 text, one sequence per line, blank lines skipped"))
     dev_file: Path | None = field(

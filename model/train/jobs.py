@@ -1,7 +1,9 @@
-"""The two jobs, end to end: read and check the data, build the task, fit, export the best epoch.
+"""The jobs, end to end: read and check the data, build the task, fit, export the best epoch.
 
-finetune adapts a pretrained encoder to sentence pairs; pretrain trains a WordPiece tokenizer
-and an encoder from scratch with masked-LM. Each returns the provenance its artifact records.
+finetune adapts a pretrained encoder to sentence pairs; finetune_cross trains a cross-encoder
+(the encoder plus a pooler and classifier) on scored pairs read together; pretrain trains a
+WordPiece tokenizer and an encoder from scratch with masked-LM. Each returns the provenance its
+artifact records.
 """
 
 from __future__ import annotations
@@ -15,13 +17,20 @@ import torch
 
 from artifact.manifest import Artifact, sha256_of
 from model.config import EncoderConfig
+from model.cross_encoder import (
+    CrossEncoder,
+    checkpoint_pooler,
+    from_encoder,
+    is_cross_encoder_dir,
+    load_cross_encoder,
+)
 from model.encoder import Encoder
 from model.errors import ModelError
-from model.export import ExportOptions, export_artifact
+from model.export import ExportOptions, export_artifact, export_cross_encoder
 from model.tokenizer import checkpoint_max_len, load_tokenizer, train_wordpiece
-from model.train.config import FinetuneConfig, JobConfig, PretrainConfig, TrainConfig
+from model.train.config import CrossFinetuneConfig, FinetuneConfig, JobConfig, PretrainConfig, TrainConfig
 from model.train.data import describe, read_corpus, read_pairs, read_scored
-from model.train.tasks import MaskedLMTask, PairTask, sts_spearman
+from model.train.tasks import CrossPairTask, MaskedLMTask, PairTask, cross_sts_spearman, sts_spearman
 from model.train.trainer import Progress, Trainer, pick_device
 from model.weights import (
     DEFAULT_SOURCE,
@@ -136,6 +145,107 @@ def finetune(config: TrainConfig, data: FinetuneConfig, job: JobConfig) -> dict:
     provenance = run_provenance("finetune", trainer, files, hyperparameters, scores, started, device, base_model=base)
     log.info("selected epoch %s: %s", progress.best_epoch, scores)
     export(best, trainer.best_dir / "tokenizer.json", job, export_max_len, provenance)
+    return provenance
+
+
+def cross_base(checkpoint: Path) -> tuple[CrossEncoder, dict]:
+    """A cross-encoder checkpoint as it is, or an encoder with its pooler and a fresh classifier."""
+    if is_cross_encoder_dir(checkpoint):
+        return load_cross_encoder(checkpoint), {"head": "from the checkpoint"}
+    pooler = checkpoint_pooler(checkpoint)
+    model = from_encoder(load_checkpoint(checkpoint), pooler)
+    return model, {"head": "pretrained pooler, new classifier" if pooler else "new pooler and classifier"}
+
+
+def finetune_cross(config: TrainConfig, data: CrossFinetuneConfig, job: JobConfig) -> dict:
+    """Train a cross-encoder on scored pairs; returns the exported artifact's provenance."""
+    from model.evaluate import artifact_sts_spearman  # evaluation imports export's helpers
+
+    started = time.monotonic()
+    low, high = data.score_range
+    if low >= high:
+        raise ModelError(f"--score-range: minimum {low} must be below maximum {high}")
+    pairs = read_scored(data.train_file, data.score_range)
+    files = {"train": describe(data.train_file, len(pairs))}
+    dev = test = None
+    if data.dev_file:
+        dev = read_scored(data.dev_file, data.score_range)
+        files["dev"] = describe(data.dev_file, len(dev))
+    if data.test_file:
+        test = read_scored(data.test_file, data.score_range)
+        files["test"] = describe(data.test_file, len(test))
+
+    checkpoint = Path(data.checkpoint) if data.checkpoint else default_checkpoint_dir()
+    base = {} if data.checkpoint else {"source": DEFAULT_SOURCE}
+    weights = checkpoint / "model.safetensors"
+    base.update(checkpoint=str(checkpoint.resolve()), weights_sha256=sha256_of(weights) if weights.is_file() else None)
+    tokenizer_json = checkpoint / "tokenizer.json"
+
+    device = prepare(config, job)
+    model, head = cross_base(checkpoint)
+    base.update(head)
+    if model.num_labels != 1:
+        raise ModelError(f"{checkpoint}: has {model.num_labels} labels; scored pairs train one")
+    model = model.to(device)
+    export_max_len = model.info.max_len or checkpoint_max_len(checkpoint, model.config.max_tokens)
+    train_max_len = min(config.max_len, export_max_len)
+    eval_tokenizer = load_tokenizer(tokenizer_json, export_max_len)
+    task = CrossPairTask(
+        model,
+        load_tokenizer(tokenizer_json, train_max_len),
+        eval_tokenizer,
+        pairs,
+        data.score_range,
+        dev,
+        device,
+        both_orders=data.both_orders,
+    )
+    hyperparameters = {
+        **config.hyperparameters(),
+        "loss": "bce-with-logits",
+        "score_range": list(data.score_range),
+        "both_orders": data.both_orders,
+    }
+    fingerprint = {
+        "job": "finetune-cross",
+        "base": {k: base[k] for k in ("checkpoint", "weights_sha256")},
+        "data": {role: f.sha256 for role, f in files.items() if role != "test"},
+        "hyperparameters": hyperparameters,
+    }
+    trainer = Trainer(task, config, job, fingerprint, tokenizer_json, export_max_len)
+    log.info(
+        "training a cross-encoder from %s on %d pairs (%d with both orders), %d steps on %s",
+        checkpoint,
+        len(pairs),
+        len(task),
+        trainer.total_steps,
+        device,
+    )
+    progress = trainer.fit()
+
+    best = load_cross_encoder(trainer.best_dir).to(device)
+    scores: dict = {
+        "best_epoch": progress.best_epoch,
+        "dev_spearman_by_epoch": [round(h["dev"], 3) for h in progress.history],
+    }
+    if progress.best is not None:
+        scores["dev_spearman"] = round(progress.best, 3)
+    if test is not None:  # reported for the kept epoch only; nothing is chosen on it
+        scores["test_spearman"] = round(cross_sts_spearman(best, eval_tokenizer, test, device), 3)
+    provenance = run_provenance(
+        "finetune-cross", trainer, files, hyperparameters, scores, started, device, base_model=base
+    )
+    log.info("selected epoch %s: %s", progress.best_epoch, scores)
+    options = ExportOptions(
+        name=job.model_name, version=job.version, max_len=export_max_len, int8=job.int8, provenance=provenance
+    )
+    manifest = export_cross_encoder(best.cpu().eval(), trainer.best_dir / "tokenizer.json", job.out, options)
+    gate = manifest.quality.get("int8_gate")
+    log.info("wrote %s: graphs %s%s", job.out, ", ".join(manifest.graphs), f"; int8 gate {gate}" if gate else "")
+    if test is not None:
+        served = artifact_sts_spearman(Artifact.load(job.out), test)
+        provenance["scores"] = {**scores, "test_spearman_onnxruntime": round(served, 3)}
+        log.info("sts-test Spearman x100 through onnxruntime (the fast graph): %.3f", served)
     return provenance
 
 

@@ -1,10 +1,14 @@
-"""The two training tasks: what a step computes and how a dev set is scored.
+"""The training tasks: what a step computes, how a dev set is scored and what is saved.
 
-PairTask fine-tunes on sentence pairs (model/train/losses.py); MaskedLMTask pre-trains with
-masked-LM (model/train/heads.py). Both embed the way the server does: mean-pooled, L2-normalised.
+PairTask fine-tunes a bi-encoder on sentence pairs (model/train/losses.py); MaskedLMTask
+pre-trains with masked-LM (model/train/heads.py). Both embed the way the server does:
+mean-pooled, L2-normalised. CrossPairTask fine-tunes a cross-encoder (model/cross_encoder.py) on
+scored pairs read together, `[CLS] a [SEP] b [SEP]`, as the server scores them.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,6 +16,12 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from artifact.pooling import pad_batch
+from model.cross_encoder import (
+    CROSS_ENCODER_CONFIG,
+    CROSS_ENCODER_WEIGHTS,
+    CrossEncoder,
+    save_native_cross_encoder,
+)
 from model.data import ScoredPair, unique_sentences
 from model.encoder import Encoder, mean_pool
 from model.evaluate import spearman
@@ -19,6 +29,7 @@ from model.tokenizer import SPECIAL_TOKENS
 from model.train.heads import MaskedLMHead, mask_tokens
 from model.train.losses import LOSSES
 from model.train.trainer import Evaluation
+from model.weights import NATIVE_CONFIG, NATIVE_WEIGHTS, save_native
 
 
 def to_device(token_ids: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,6 +104,10 @@ class PairTask:
             return None
         return Evaluation("dev_spearman", sts_spearman(self.encoder, self.eval_tokenizer, self.dev, self.device), True)
 
+    def save(self, directory: Path) -> list[str]:
+        save_native(self.encoder, directory)
+        return [NATIVE_CONFIG, NATIVE_WEIGHTS]
+
 
 class MaskedLMTask:
     """Masked-language modelling: predict corrupted tokens from their context."""
@@ -148,3 +163,88 @@ class MaskedLMTask:
         for module in self.modules.values():
             module.train()
         return Evaluation("dev_mlm_loss", total / count, False)
+
+    def save(self, directory: Path) -> list[str]:
+        save_native(self.encoder, directory)  # the MLM head is for training only
+        return [NATIVE_CONFIG, NATIVE_WEIGHTS]
+
+
+def pair_batch(encodings: list, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask, token_type_ids) of tokenized pairs, segment 0 on padding."""
+    input_ids, attention_mask = pad_batch([e.ids for e in encodings])
+    token_type_ids = np.zeros_like(input_ids)
+    for row, e in enumerate(encodings):
+        token_type_ids[row, : len(e.type_ids)] = e.type_ids
+    return tuple(torch.from_numpy(a).to(device) for a in (input_ids, attention_mask, token_type_ids))
+
+
+@torch.no_grad()
+def pair_logits(model: CrossEncoder, encodings: list, device: torch.device, batch_size: int = 64) -> np.ndarray:
+    """(N, num_labels) logits in length-sorted batches, as the server scores pairs."""
+    was_training = model.training
+    model.eval()
+    order = np.argsort([len(e.ids) for e in encodings], kind="stable")
+    out = np.zeros((len(encodings), model.num_labels), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        out[index] = model(*pair_batch([encodings[i] for i in index], device)).float().cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def cross_sts_spearman(model: CrossEncoder, tokenizer: Tokenizer, pairs: list[ScoredPair], device) -> float:
+    """Spearman x100 of the pair's logit against the gold scores (any monotone activation ranks alike)."""
+    encodings = tokenizer.encode_batch([(p.sentence1, p.sentence2) for p in pairs])
+    logits = pair_logits(model, encodings, device)[:, 0]
+    return 100.0 * spearman(logits, np.array([p.score for p in pairs]))
+
+
+class CrossPairTask:
+    """Scored pairs read together -> one logit -> BCE-with-logits against the score scaled to [0, 1].
+
+    With both_orders each pair is also trained as (b, a): a cross-encoder is not symmetric by
+    construction, and the served query/document order is the caller's.
+    """
+
+    def __init__(
+        self,
+        model: CrossEncoder,
+        train_tokenizer: Tokenizer,
+        eval_tokenizer: Tokenizer,
+        pairs: list[ScoredPair],
+        score_range: tuple[float, float],
+        dev: list[ScoredPair] | None,
+        device: torch.device,
+        both_orders: bool = False,
+    ):
+        self.model, self.encoder = model, model.encoder
+        self.eval_tokenizer, self.dev, self.device = eval_tokenizer, dev, device
+        self.modules = {"model": model}
+        low, high = score_range
+        texts = [(p.sentence1, p.sentence2) for p in pairs]
+        targets = [(p.score - low) / (high - low) for p in pairs]
+        if both_orders:
+            texts += [(b, a) for a, b in texts]
+            targets += targets
+        self.encodings = train_tokenizer.encode_batch(texts)
+        self.lengths = [len(e.ids) for e in self.encodings]  # the trainer groups batches by length
+        self.targets = torch.tensor(targets, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.encodings)
+
+    def loss(self, indices: list[int], step: int) -> tuple[torch.Tensor, int]:
+        input_ids, attention_mask, token_type_ids = pair_batch([self.encodings[i] for i in indices], self.device)
+        logits = self.model(input_ids, attention_mask, token_type_ids)[:, 0]  # (B,)
+        loss = F.binary_cross_entropy_with_logits(logits, self.targets[indices].to(self.device))
+        return loss, int(attention_mask.sum())
+
+    def evaluate(self) -> Evaluation | None:
+        if self.dev is None:
+            return None
+        score = cross_sts_spearman(self.model, self.eval_tokenizer, self.dev, self.device)
+        return Evaluation("dev_spearman", score, True)
+
+    def save(self, directory: Path) -> list[str]:
+        save_native_cross_encoder(self.model, directory)
+        return [NATIVE_CONFIG, CROSS_ENCODER_CONFIG, CROSS_ENCODER_WEIGHTS]

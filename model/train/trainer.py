@@ -36,11 +36,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from model.encoder import Encoder
 from model.errors import ModelError
 from model.train.config import JobConfig, TrainConfig
-from model.weights import NATIVE_CONFIG, NATIVE_WEIGHTS, save_native
 
 log = logging.getLogger(__name__)
 
 SERVE_LENGTH_FILE = "sentence_bert_config.json"  # what model.tokenizer.checkpoint_max_len reads
+LENGTH_WINDOW = 50  # batches sorted by length together, for a task that has lengths
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,16 @@ class Task(Protocol):
 
     def __len__(self) -> int: ...
 
+    # optional: `lengths`, each example's length in tokens; batches are then grouped by length
+
     def loss(self, indices: list[int], step: int) -> tuple[torch.Tensor, int]:
         """The batch's loss and the real (unpadded) tokens it saw."""
 
     def evaluate(self) -> Evaluation | None:
         """The dev score, or None without a dev set."""
+
+    def save(self, directory: Path) -> list[str]:
+        """Write what the artifact is exported from; returns the file names written."""
 
 
 @dataclass
@@ -152,7 +157,19 @@ class Trainer:
         for _ in range(epoch + 1):
             order = torch.randperm(len(self.task), generator=g).tolist()
         size = self.config.batch_size
-        return [order[i : i + size] for i in range(0, len(order), size)]
+        lengths = getattr(self.task, "lengths", None)
+        if lengths is None:
+            return [order[i : i + size] for i in range(0, len(order), size)]
+        # group by length, as transformers' group_by_length: sort each window of LENGTH_WINDOW
+        # batches by length, cut it into batches, then shuffle the batches. Padding is then a few
+        # tokens per row instead of up to the random batch's longest, at the same randomness of
+        # which examples meet; the order still follows from the seed and the epoch alone.
+        window = size * LENGTH_WINDOW
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start : start + window], key=lambda i: lengths[i], reverse=True)
+            batches += [chunk[i : i + size] for i in range(0, len(chunk), size)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
 
     # -- checkpoints
 
@@ -231,12 +248,12 @@ class Trainer:
         """Replace best/ file by file, each by rename, so it is never half-written."""
         staging = self.run_dir / "best.tmp"
         shutil.rmtree(staging, ignore_errors=True)
-        save_native(self.task.encoder, staging)
+        names = self.task.save(staging)
         shutil.copyfile(self.tokenizer_json, staging / "tokenizer.json")
         # where `python -m model export --checkpoint RUN/best` reads the length to serve (256 for MiniLM)
         (staging / SERVE_LENGTH_FILE).write_text(json.dumps({"max_seq_length": self.max_len}) + "\n")
         self.best_dir.mkdir(exist_ok=True)
-        for name in (NATIVE_CONFIG, "tokenizer.json", SERVE_LENGTH_FILE, NATIVE_WEIGHTS):
+        for name in ("tokenizer.json", SERVE_LENGTH_FILE, *names):
             os.replace(staging / name, self.best_dir / name)
         staging.rmdir()
 

@@ -1,6 +1,8 @@
 """The Backend protocol: what the engine needs from a runtime, and nothing more.
 
-A backend computes padded batches of token ids (right padding, mask 0 on the tail). It is
+A backend computes padded batches of token ids (right padding, mask 0 on the tail): an
+embedder's hidden states (`embed`, `attend`), or a cross-encoder's logits over pairs, whose
+segment ids say which side of the pair each token is on (`score`, `score_attend`). It is
 called from the batcher's worker threads, `workers` batches at a time on the fast path
 and one at a time on the attention path, so its methods must be thread-safe and should
 release the GIL while they compute.
@@ -33,9 +35,19 @@ class ModelSpec:
     matryoshka_dims: tuple[int, ...] = ()  # truncations the model was trained for (OpenAI's `dimensions`)
     prompts: dict[str, str] = field(default_factory=dict)  # prompt_name -> text prepended to every input
     default_prompt_name: str | None = None
+    task: str = "embed"  # embed, or a cross-encoder's: rerank (one label) | classify (several)
+    labels: tuple[str, ...] = ()  # a cross-encoder's, in id order
+    score_activation: str = "identity"  # what its scores are: sigmoid | identity | softmax of the logits
+
+    @property
+    def is_cross_encoder(self) -> bool:
+        return self.task != "embed"
 
     @property
     def embedding_dim(self) -> int:
+        """A cross-encoder answers scores, not vectors: 0."""
+        if self.is_cross_encoder:
+            return 0
         return self.dense[-1].out_features if self.dense else self.d_model
 
 
@@ -60,6 +72,16 @@ class Backend(Protocol):
 
     def attend(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """-> hidden states (B, T, C) and attention probabilities (B, layers, heads, T, T), float32."""
+        ...
+
+    def score(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        """A cross-encoder's: (B, T) ids, mask and segment ids -> logits (B, num_labels) float32."""
+        ...
+
+    def score_attend(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """-> logits (B, num_labels) and attention probabilities (B, layers, heads, T, T), float32."""
         ...
 
     def warm_up(self) -> float:

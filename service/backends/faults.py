@@ -41,6 +41,16 @@ class FaultInjectingBackend:
         self._check(input_ids, attention_mask)
         return self.inner.attend(input_ids, attention_mask)
 
+    def score(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        self._check(input_ids, attention_mask)
+        return self.inner.score(input_ids, attention_mask, token_type_ids)
+
+    def score_attend(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        self._check(input_ids, attention_mask)
+        return self.inner.score_attend(input_ids, attention_mask, token_type_ids)
+
     def warm_up(self) -> float:
         return self.inner.warm_up()
 

@@ -81,33 +81,42 @@ class GraphRunner:
     session: ort.InferenceSession
     output_names: tuple[str, ...]
     solo: ort.InferenceSession | None = None
-    token_types: bool = False  # the graph takes token_type_ids: fed zeros (one segment)
+    token_types: bool = False  # the graph takes token_type_ids: a pair's segments, else zeros (one segment)
     runs: RunsInProgress = field(default_factory=RunsInProgress, repr=False)
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
+    def run(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None
+    ) -> list[np.ndarray]:
         if self.provider == CUDA:
-            return self._run_bound(input_ids, attention_mask)
+            return self._run_bound(input_ids, attention_mask, token_type_ids)
         if self.solo is None:
-            return self.run_on(self.session, input_ids, attention_mask)
+            return self.run_on(self.session, input_ids, attention_mask, token_type_ids)
         with self.runs.enter() as alone:
-            return self.run_on(self.solo if alone else self.session, input_ids, attention_mask)
+            return self.run_on(self.solo if alone else self.session, input_ids, attention_mask, token_type_ids)
 
     def run_on(
-        self, session: ort.InferenceSession, input_ids: np.ndarray, attention_mask: np.ndarray
+        self,
+        session: ort.InferenceSession,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        token_type_ids: np.ndarray | None = None,
     ) -> list[np.ndarray]:
         feeds = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask}
         if self.token_types:
-            feeds[TOKEN_TYPE_IDS] = np.zeros_like(input_ids)
+            feeds[TOKEN_TYPE_IDS] = np.zeros_like(input_ids) if token_type_ids is None else token_type_ids
         return session.run(self.output_names, feeds)
 
-    def _run_bound(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
+    def _run_bound(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None
+    ) -> list[np.ndarray]:
         """IO binding: inputs copied to the device once, outputs left there by the run and
         copied back once, instead of onnxruntime staging them through extra host buffers."""
         binding = self.session.io_binding()
         binding.bind_cpu_input(INPUT_IDS, input_ids)
         binding.bind_cpu_input(ATTENTION_MASK, attention_mask)
         if self.token_types:
-            binding.bind_cpu_input(TOKEN_TYPE_IDS, np.zeros_like(input_ids))
+            types = np.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+            binding.bind_cpu_input(TOKEN_TYPE_IDS, types)
         for name in self.output_names:
             binding.bind_output(name, "cuda")
         self.session.run_with_iobinding(binding)
@@ -219,7 +228,8 @@ def load_runner(
 
 @dataclass
 class OnnxBackend:
-    """An artifact's fast graph (embeddings, token embeddings) and attention graph, ready to run."""
+    """An artifact's fast graph (embeddings, token embeddings; a cross-encoder's logits) and
+    attention graph, ready to run."""
 
     spec: ModelSpec
     tokenizer: Tokenizer
@@ -274,9 +284,13 @@ class OnnxBackend:
             matryoshka_dims=m.matryoshka_dims,
             prompts=dict(m.prompts),
             default_prompt_name=m.default_prompt_name,
+            task=m.task,
+            labels=m.labels,
+            score_activation=m.score_activation,
         )
         tokenizer = Tokenizer.from_file(str(artifact.tokenizer_path))
-        tokenizer.enable_truncation(max_length=m.max_len)
+        # a pair is cut as transformers cuts it: a token at a time from the longer side
+        tokenizer.enable_truncation(max_length=m.max_len, strategy="longest_first")
         tokenizer.no_padding()
         return cls(spec, tokenizer, fast, attention, workers, threads)
 
@@ -287,6 +301,16 @@ class OnnxBackend:
     def attend(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         hidden, probs = self.attention.run(input_ids, attention_mask)
         return hidden, probs
+
+    def score(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        (logits,) = self.fast.run(input_ids, attention_mask, token_type_ids)
+        return logits
+
+    def score_attend(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        logits, probs = self.attention.run(input_ids, attention_mask, token_type_ids)
+        return logits, probs
 
     def warm_up(self) -> float:
         """Run each graph on short and long inputs so the first request pays no allocation."""

@@ -30,6 +30,7 @@ class AttentionPlan:
     reduce_heads: str = "none"
     rollout: bool = False
     rows: tuple[int, ...] | None = None  # None: every row of each sequence
+    block: str = "full"  # on a pair: its whole attention, or one block (service.core.pairs)
 
     def shape(self, n: int) -> tuple[int, int, int, int]:
         """The answer's shape for a sequence of n tokens."""

@@ -12,6 +12,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from tokenizers import Encoding
@@ -24,13 +25,27 @@ from service.core.attention import AttentionPlan
 from service.core.batcher import Batcher, BatchStats, Job, Sequence
 from service.core.capacity import UNHELD, Capacity, Ticket
 from service.core.health import Health, Status
+from service.core.pairs import PairOptions, PairResult, activate, batch_pair_inputs, block_shape, spans, split_pairs
 from service.core.postprocess import SequenceOptions, SequenceResult, batch_inputs, split_batch
 from service.core.tokenization import TokenizerWorker, to_tokens
 from service.core.validation import Validation
 from service.errors import DeadlineExceeded, InvalidRequest, MhaserveError, NotReady, Overloaded
 from service.metrics import Metrics
 from service.threads import lower_thread_priority
-from service.types import EmbedRequest, EmbedResult, ModelInfo, Timings, TokenizeRequest, TokenizeResult
+from service.types import (
+    EmbedRequest,
+    EmbedResult,
+    LabelScore,
+    ModelInfo,
+    PredictRequest,
+    PredictResult,
+    RerankRequest,
+    RerankResult,
+    Span,
+    Timings,
+    TokenizeRequest,
+    TokenizeResult,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +72,23 @@ def truncate(embeddings: np.ndarray, dimensions: int | None, normalize: bool) ->
         return embeddings
     kept = np.ascontiguousarray(embeddings[:, :dimensions])
     return l2_normalize(kept) if normalize else kept
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A cross-encoder's sequences, computed: what rerank and predict make their answers from."""
+
+    encodings: list[Encoding]
+    results: list[PairResult]
+    spans: list[tuple[Span, Span]]
+    lengths: tuple[int, ...]
+    attention: list[np.ndarray] | None
+    timings: Timings
+
+
+def pair_texts(inputs: list) -> list[str]:
+    """Each sequence as one text, for the token estimate: a pair's two sides joined."""
+    return [item if isinstance(item, str) else " ".join(item) for item in inputs]
 
 
 class Engine:
@@ -128,8 +160,11 @@ class Engine:
             provider=placement.provider,
             precision=placement.precision,
             graph=placement.graph,
+            task=spec.task,
+            labels=spec.labels,
         )
-        self.metrics.model_info.labels(spec.name, spec.version, placement.provider, placement.precision).set(1)
+        card = (spec.name, spec.version, placement.provider, placement.precision, spec.task)
+        self.metrics.model_info.labels(*card).set(1)
         self.capacity = Capacity(self.settings, spec.max_len, self._queued_tokens, self.m.inflight.set)
         self.validation = Validation(self.settings, spec)
         capacity = self.capacity
@@ -149,9 +184,23 @@ class Engine:
             hidden, probs = backend.attend(input_ids, attention_mask)
             return split_batch(hidden, attention_mask, options, attention=probs, dense=backend.spec.dense)
 
+        def run_pairs(batch: list[Sequence]) -> list[PairResult]:
+            options = [sequence.payload for sequence in batch]
+            input_ids, attention_mask, token_type_ids = batch_pair_inputs(options)
+            logits = backend.score(input_ids, attention_mask, token_type_ids)
+            return split_pairs(logits, attention_mask, options, attention=None)
+
+        def run_pairs_attention(batch: list[Sequence]) -> list[PairResult]:
+            options = [sequence.payload for sequence in batch]
+            input_ids, attention_mask, token_type_ids = batch_pair_inputs(options)
+            logits, probs = backend.score_attend(input_ids, attention_mask, token_type_ids)
+            return split_pairs(logits, attention_mask, options, attention=probs)
+
+        # a cross-encoder's sequences are pairs (or texts) scored into logits; an embedder's, texts
+        fast, attention = (run_pairs, run_pairs_attention) if spec.is_cross_encoder else (run_fast, run_attention)
         self._batchers = {
-            FAST: self._batcher(FAST, run_fast, s.max_batch_tokens, backend.workers),
-            ATTENTION: self._batcher(ATTENTION, run_attention, s.attention_max_batch_tokens, workers=1),
+            FAST: self._batcher(FAST, fast, s.max_batch_tokens, backend.workers),
+            ATTENTION: self._batcher(ATTENTION, attention, s.attention_max_batch_tokens, workers=1),
         }
         for batcher in self._batchers.values():
             batcher.start()
@@ -215,10 +264,9 @@ class Engine:
     ) -> EmbedResult:
         """ticket: what the edge's try_admit gave; without one the engine decides here, the same way
         (the exact check after tokenizing is made either way)."""
-        admitted = ticket is not None and self.capacity is not None and ticket.held_for(self.capacity)
-        if ticket is not None:
-            ticket.release()  # taken over: from here the request is counted as being tokenized
+        admitted = self._take_over(ticket)  # from here the request is counted as being tokenized
         capacity, validation = self._admit()
+        validation.check_task("embed")
         validation.check_dimensions(request.dimensions)
         pooling = validation.check_pooling(request.pooling)
         validation.check_inputs(request.inputs)
@@ -237,7 +285,7 @@ class Engine:
             capacity.observe_tokens(estimate, sum(lengths))
             if plan is not None:
                 validation.check_attention_rows(plan, lengths)
-                validation.check_attention_values(plan, lengths)
+                validation.check_attention_values(plan, [plan.shape(n) for n in lengths])
             job = Job(len(encodings), deadline, is_disconnected)
             options = dict(
                 pooling=pooling, normalize=request.normalize, token_embeddings=request.return_token_embeddings
@@ -265,24 +313,129 @@ class Engine:
                 ),
             )
 
+    async def rerank(
+        self, request: RerankRequest, is_disconnected: Callable[[], bool] | None = None, ticket: Ticket | None = None
+    ) -> RerankResult:
+        """Each document is one (query, document) sequence to the batcher; one score each, in
+        document order (RerankResult.ranking gives the order best first)."""
+        admitted = self._take_over(ticket)
+        capacity, validation = self._admit()
+        validation.check_task("rerank")
+        validation.check_documents(request.query, request.documents, request.top_n)
+        plan = validation.resolve_attention(request.attention, pairs=True)
+        pairs = [(request.query, document) for document in request.documents]
+        scored = await self._score(
+            pairs, "documents", request.truncate, plan, request.timeout_s, admitted, is_disconnected, capacity
+        )
+        logits = np.stack([r.logits for r in scored.results])
+        scores = logits if request.raw_scores else activate(logits, self._activation())
+        return RerankResult(
+            model=self.name,
+            scores=np.ascontiguousarray(scores[:, 0]),
+            tokens=[to_tokens(e) for e in scored.encodings] if request.return_tokens else None,
+            query_spans=tuple(q for q, _ in scored.spans),
+            document_spans=tuple(d for _, d in scored.spans),
+            attention=scored.attention,
+            **attention_fields(plan),
+            attention_block=plan.block if plan is not None else "full",
+            token_counts=scored.lengths,
+            top_n=request.top_n,
+            timings=scored.timings,
+        )
+
+    async def predict(
+        self, request: PredictRequest, is_disconnected: Callable[[], bool] | None = None, ticket: Ticket | None = None
+    ) -> PredictResult:
+        """Each input, a text or a pair, is one sequence; every label's score per input, best first."""
+        admitted = self._take_over(ticket)
+        capacity, validation = self._admit()
+        validation.check_task("rerank", "classify")
+        validation.check_predict_inputs(request.inputs, request.top_k)
+        inputs = [item[0] if len(item) == 1 else (item[0], item[1]) for item in request.inputs]
+        scored = await self._score(
+            inputs, "inputs", request.truncate, None, request.timeout_s, admitted, is_disconnected, capacity
+        )
+        logits = np.stack([r.logits for r in scored.results])
+        scores = logits if request.raw_scores else activate(logits, self._activation())
+        labels = self.info.labels if self.info is not None else ()
+        predictions = []
+        for row in scores.tolist():
+            ranked = sorted(zip(labels, row, strict=True), key=lambda pair: -pair[1])
+            predictions.append([LabelScore(label, score) for label, score in ranked[: request.top_k]])
+        return PredictResult(
+            model=self.name, predictions=predictions, token_counts=scored.lengths, timings=scored.timings
+        )
+
+    async def _score(
+        self,
+        inputs: list,
+        what: str,
+        truncate: bool,
+        plan: AttentionPlan | None,
+        timeout_s: float | None,
+        admitted: bool,
+        is_disconnected: Callable[[], bool] | None,
+        capacity: Capacity,
+    ) -> Scored:
+        """A cross-encoder's sequences through tokenizer, batcher and backend, as embed's are."""
+        validation = self.validation
+        assert validation is not None
+        deadline = time.monotonic() + (timeout_s or self.settings.request_timeout_s)
+        estimate = capacity.estimate_tokens(pair_texts(inputs))
+        if not admitted and capacity.clearly_full(estimate):
+            raise capacity.refusal()
+        with capacity.in_flight():
+            started = time.monotonic()
+            with capacity.being_tokenized(estimate):
+                encodings = await self._encode(inputs, truncate, what)
+            tokenize_s = time.monotonic() - started
+            lengths = [len(e.ids) for e in encodings]
+            capacity.observe_tokens(estimate, sum(lengths))
+            sides = [spans(e) for e in encodings]
+            if plan is not None:
+                if plan.block == "full":
+                    validation.check_attention_rows(plan, lengths)
+                shapes = [block_shape(plan, n, q, d) for n, (q, d) in zip(lengths, sides, strict=True)]
+                validation.check_attention_values(plan, shapes)
+            job = Job(len(encodings), deadline, is_disconnected)
+            sequences = [
+                Sequence(job, i, lengths[i], PairOptions(e.ids, e.type_ids, q, d, attention=plan))
+                for i, (e, (q, d)) in enumerate(zip(encodings, sides, strict=True))
+            ]
+            capacity.check_room(sum(lengths))
+            self._batchers[ATTENTION if plan is not None else FAST].submit(sequences)
+            results: list[PairResult] = await self._wait(job, deadline)
+            self.m.tokens.inc(sum(lengths))
+            return Scored(
+                encodings=encodings,
+                results=results,
+                spans=sides,
+                lengths=tuple(lengths),
+                attention=[r.attention for r in results] if plan is not None else None,
+                timings=Timings(
+                    queue_ms=job.queue_s * 1000.0,
+                    inference_ms=job.inference_s * 1000.0,
+                    tokenize_ms=tokenize_s * 1000.0,
+                ),
+            )
+
+    def _take_over(self, ticket: Ticket | None) -> bool:
+        """Whether the edge's ticket held room in this model's queue; taken over (released) either way."""
+        admitted = ticket is not None and self.capacity is not None and ticket.held_for(self.capacity)
+        if ticket is not None:
+            ticket.release()
+        return admitted
+
+    def _activation(self) -> str:
+        assert self.backend is not None
+        return self.backend.spec.score_activation
+
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResult:
         capacity, validation = self._admit()
         validation.check_inputs(request.inputs)
         with capacity.in_flight():
             encodings = await self._encode(request.inputs, request.truncate)
             return TokenizeResult(model=self.model_info().name, tokens=[to_tokens(e) for e in encodings])
-
-    # what the transports' edges ask before parsing a request -----------------------------
-
-    def clearly_full(self) -> bool:
-        """No room in the queue even for the smallest request."""
-        if self.capacity is None or self.draining:  # loading or shutting down: the full path answers 503
-            return False
-        return self.capacity.clearly_full()
-
-    def refusal(self) -> Overloaded:
-        assert self.capacity is not None
-        return self.capacity.refusal()
 
     # helpers ---------------------------------------------------------------------------
 
@@ -294,14 +447,16 @@ class Engine:
     def _more_coming(self) -> bool:
         return self.capacity is not None and self.capacity.tokenizing > 0
 
-    async def _encode(self, inputs: tuple[str, ...], truncate: bool) -> list[Encoding]:
+    async def _encode(self, inputs: tuple | list, truncate: bool, what: str = "inputs") -> list[Encoding]:
+        """what: the request field the inputs came from, to name one that is too long."""
         assert self._tokenizer is not None and self.info is not None
         encodings = await self._tokenizer.encode(list(inputs))
         if not truncate:
             for i, encoding in enumerate(encodings):
                 if encoding.overflowing:
+                    pair = " with the query" if what == "documents" else ""
                     raise InvalidRequest(
-                        f"inputs[{i}] is longer than the model's {self.info.max_len} tokens: "
+                        f"{what}[{i}]{pair} is longer than the model's {self.info.max_len} tokens: "
                         "shorten it, or send truncate: true to cut it there"
                     )
         return encodings
@@ -321,7 +476,10 @@ class Engine:
             raise
 
     async def _probe(self) -> None:
-        await self.embed(EmbedRequest(inputs=(PROBE_TEXT,)))
+        if self.info is not None and self.info.task != "embed":
+            await self.predict(PredictRequest(inputs=((PROBE_TEXT, PROBE_TEXT),)))
+        else:
+            await self.embed(EmbedRequest(inputs=(PROBE_TEXT,)))
 
     # metrics ---------------------------------------------------------------------------
 

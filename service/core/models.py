@@ -15,7 +15,17 @@ from service.core.engine import Engine
 from service.core.health import Status
 from service.errors import NotFound, Overloaded
 from service.metrics import Metrics
-from service.types import EmbedRequest, EmbedResult, ModelInfo, TokenizeRequest, TokenizeResult
+from service.types import (
+    EmbedRequest,
+    EmbedResult,
+    ModelInfo,
+    PredictRequest,
+    PredictResult,
+    RerankRequest,
+    RerankResult,
+    TokenizeRequest,
+    TokenizeResult,
+)
 
 
 class Models:
@@ -103,12 +113,15 @@ class Models:
     ) -> EmbedResult:
         return await self.engine(request.model).embed(request, is_disconnected, ticket)
 
+    async def rerank(
+        self, request: RerankRequest, is_disconnected: Callable[[], bool] | None = None, ticket: Ticket | None = None
+    ) -> RerankResult:
+        return await self.engine(request.model).rerank(request, is_disconnected, ticket)
+
+    async def predict(
+        self, request: PredictRequest, is_disconnected: Callable[[], bool] | None = None, ticket: Ticket | None = None
+    ) -> PredictResult:
+        return await self.engine(request.model).predict(request, is_disconnected, ticket)
+
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResult:
         return await self.engine(request.model).tokenize(request)
-
-    def clearly_full(self, name: str | None = None) -> bool:
-        """Whether a request for this model (None: not known yet, before parsing) clearly cannot
-        be queued, even at the smallest size: for an unknown model, only when none has room."""
-        if name:
-            return name in self.engines and self.engines[name].clearly_full()
-        return all(engine.clearly_full() for engine in self.engines.values())

@@ -26,13 +26,14 @@ class TokenizerWorker:
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
-        self._pending: list[tuple[list[str], asyncio.Future]] = []
+        self._pending: list[tuple[list, asyncio.Future]] = []
         self._draining = False
         self._drain_task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
 
-    async def encode(self, texts: list[str]) -> list[Encoding]:
-        if not self._draining and sum(map(len, texts)) <= INLINE_CHARS:
+    async def encode(self, texts: list[str] | list[tuple[str, str]]) -> list[Encoding]:
+        """texts: single texts, or (a, b) pairs, which encode as the tokenizer's pair template."""
+        if not self._draining and characters(texts) <= INLINE_CHARS:
             return self._encode_inline(texts)
         future = asyncio.get_running_loop().create_future()
         self._pending.append((texts, future))
@@ -84,6 +85,10 @@ class TokenizerWorker:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)
+
+
+def characters(texts: list[str] | list[tuple[str, str]]) -> int:
+    return sum(len(t) if isinstance(t, str) else sum(map(len, t)) for t in texts)
 
 
 def refused_text(exc: Exception) -> InvalidRequest:

@@ -9,6 +9,7 @@ from artifact.pooling import POOLING_MODES
 from service.backends.base import ModelSpec
 from service.config import Settings
 from service.core.attention import REDUCTIONS, AttentionPlan
+from service.core.pairs import BLOCKS, FULL
 from service.errors import InvalidRequest, PayloadTooLarge
 from service.types import AttentionSelection
 
@@ -62,9 +63,71 @@ class Validation:
                 f"{list(spec.matryoshka_dims)} (or its full {spec.embedding_dim})"
             )
 
-    def resolve_attention(self, selection: AttentionSelection | None) -> AttentionPlan | None:
+    def check_task(self, *tasks: str) -> None:
+        """A request for what the model does not do names the model's task and what it does instead."""
+        spec = self.spec
+        if spec.task in tasks:
+            return
+        wanted = " or ".join(repr(task) for task in tasks)
+        if spec.task == "embed":
+            does = "an embedding model: it answers vectors (embed), not scores of pairs"
+        elif spec.task == "rerank":
+            does = (
+                "a rerank model (a cross-encoder with one label): it scores (query, document) pairs (rerank, predict)"
+            )
+        else:
+            labels = ", ".join(spec.labels)
+            does = f"a classify model (a cross-encoder with labels {labels}): it classifies texts and pairs (predict)"
+        raise InvalidRequest(
+            f"model {spec.name!r} has task {spec.task!r}, {does}; this call needs a model whose task is {wanted}"
+        )
+
+    def check_documents(self, query: str, documents: tuple[str, ...], top_n: int | None = None) -> None:
+        if not isinstance(query, str) or not query:
+            raise InvalidRequest("query is empty: send the text to rank the documents against")
+        if not documents:
+            raise InvalidRequest("no documents to rank: send at least one")
+        self._check_count(len(documents), "documents")
+        for i, text in enumerate(documents):
+            if not isinstance(text, str) or not text:
+                raise InvalidRequest(f"documents[{i}] is empty or not a string: send some text")
+        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
+            raise InvalidRequest(f"top_n must be 1 or more (or left out for every document), got {top_n!r}")
+
+    def check_predict_inputs(self, inputs: tuple[tuple[str, ...], ...], top_k: int | None) -> None:
+        if not inputs:
+            raise InvalidRequest("inputs is empty: send a text, a pair [text, text], or a list of them")
+        self._check_count(len(inputs), "inputs")
+        for i, item in enumerate(inputs):
+            if len(item) not in (1, 2) or not all(isinstance(t, str) and t for t in item):
+                raise InvalidRequest(f"inputs[{i}] must be a non-empty text or a pair of two non-empty texts")
+        if top_k is not None:
+            if self.spec.task != "classify":
+                raise InvalidRequest(
+                    f"top_k chooses among a classify model's labels; {self.spec.name!r} is a {self.spec.task} "
+                    f"model with the one label {self.spec.labels[0]!r}: leave top_k out"
+                )
+            if not 1 <= top_k <= len(self.spec.labels):
+                raise InvalidRequest(f"top_k must be 1..{len(self.spec.labels)} (the model's labels), got {top_k}")
+
+    def _check_count(self, count: int, what: str) -> None:
+        limit = self.settings.max_inputs_per_request
+        if count > limit:
+            raise InvalidRequest(
+                f"{count} {what} in one request, the limit is {limit} (--max-inputs-per-request): split the request"
+            )
+
+    def resolve_attention(self, selection: AttentionSelection | None, pairs: bool = False) -> AttentionPlan | None:
         if selection is None:
             return None
+        if selection.block not in BLOCKS:
+            raise InvalidRequest(f"attention block {selection.block!r} is not one of {', '.join(BLOCKS)}")
+        if selection.block != FULL and not pairs:
+            raise InvalidRequest(f"attention block {selection.block!r} is a block of a pair: leave it out on embed")
+        if selection.block != FULL and selection.rows is not None:
+            raise InvalidRequest(
+                f"attention block {selection.block!r} chooses its rows itself: send rows or a block, not both"
+            )
         layers = indices(selection.layers, self.spec.n_layers, "layer")
         heads = indices(selection.heads, self.spec.n_heads, "head")
         if selection.reduce_heads not in REDUCTIONS:
@@ -73,7 +136,8 @@ class Validation:
             )
         if not isinstance(selection.rollout, bool):
             raise InvalidRequest(f"rollout must be true or false, got {selection.rollout!r}")
-        return AttentionPlan(layers, heads, selection.reduce_heads, selection.rollout, positions(selection.rows))
+        rows = positions(selection.rows)
+        return AttentionPlan(layers, heads, selection.reduce_heads, selection.rollout, rows, selection.block)
 
     def check_attention_rows(self, plan: AttentionPlan, lengths: list[int]) -> None:
         """Rows are query positions: each must lie inside every input's tokens."""
@@ -87,9 +151,10 @@ class Validation:
                     f"(special tokens included): choose rows 0..{n - 1}"
                 )
 
-    def check_attention_values(self, plan: AttentionPlan, lengths: list[int]) -> None:
-        """The limit applies to the answer as sent, after head reduction, rollout and row selection."""
-        values = sum(math.prod(plan.shape(n)) for n in lengths)
+    def check_attention_values(self, plan: AttentionPlan, shapes: list[tuple[int, ...]]) -> None:
+        """The limit applies to the answer as sent (each sequence's shape), after head reduction,
+        rollout and the selection of rows or a block."""
+        values = sum(math.prod(shape) for shape in shapes)
         limit = self.settings.max_attention_values
         if values > limit:
             raise PayloadTooLarge(

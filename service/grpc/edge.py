@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,6 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from service.auth import ApiKeys
+from service.core.capacity import UNHELD
 from service.core.models import Models
 from service.errors import ERROR_TYPE_METADATA, InvalidRequest, MhaserveError
 from service.types import total_time
@@ -33,7 +34,9 @@ class Rpc:
     name: str
     request_type: type[Message]
     needs_key: bool = True
-    queues_work: bool = False  # refused before parsing when the queue has no room for any request
+    # for a method that queues work: the model and texts of a parsed request, which the edge
+    # admits or refuses before the method runs (Models.try_admit); the method then takes the ticket
+    admits: Callable[[Any], tuple[str | None, Sequence[str]]] | None = None
     # set for a stream-in, stream-out method: a request's error, as its answer in the stream
     stream_error: Callable[[Any, MhaserveError], Message] | None = None
 
@@ -82,13 +85,6 @@ class Edge:
         self.metrics.declare_routes("grpc", [rpc.name for rpc in servicer.RPCS])
         return grpc.method_handlers_generic_handler(service, handlers)
 
-    def refuse_when_full(self) -> None:
-        """Before the message is parsed: when no model's queue has room for the smallest request,
-        every request is refused, so a flood of refusals costs no parsing and no engine call.
-        Each request that gets past this is checked by its model's engine against its own size."""
-        if self.models.clearly_full():
-            raise self.models.default.refusal()
-
     async def abort(self, context: Context, error: MhaserveError) -> None:
         self.fail(context, error)
         await context.abort(error.grpc_code, error.message)
@@ -107,9 +103,10 @@ class Edge:
             try:
                 if rpc.needs_key:
                     self.keys.check(authorization(context))
-                if rpc.queues_work:
-                    self.refuse_when_full()
-                return await method(parse(rpc.request_type, raw), context)
+                message = parse(rpc.request_type, raw)
+                if rpc.admits is None:
+                    return await method(message, context)
+                return await self._admitted(rpc, method, message, context)
             except MhaserveError as error:
                 code = error.grpc_code.name
                 self.fail(context, error)
@@ -128,6 +125,24 @@ class Edge:
                 self.metrics.observe_request("grpc", rpc.name, code, seconds)
 
         return grpc.unary_unary_rpc_method_handler(call, request_deserializer=None, response_serializer=serialize)
+
+    async def _admitted(
+        self, rpc: Rpc, method: Callable[..., Awaitable[Message]], message: Any, context: Context
+    ) -> Message:
+        """The edge's decision, as the REST edge makes it: a ticket for the request's expected tokens,
+        which the method hands to the engine, or the refusal at once, before any validation. The
+        ticket is released here too in case the method fails before the engine takes it over."""
+        assert rpc.admits is not None
+        model, texts = rpc.admits(message)
+        if model and model not in self.models.engines:
+            return await method(message, context, UNHELD)  # the method answers NOT_FOUND in its own words
+        decision = self.models.try_admit(model or None, texts)
+        if isinstance(decision, MhaserveError):
+            raise decision
+        try:
+            return await method(message, context, decision)
+        finally:
+            decision.release()
 
     def _stream(self, rpc: Rpc, method: Callable[[Any, Context], Awaitable[Message]]) -> grpc.RpcMethodHandler:
         """Stream in, stream out: `method` answers one request, and each is answered as soon as it

@@ -7,12 +7,13 @@ from fastapi import FastAPI
 from service.auth import ApiKeys
 from service.config import Settings
 from service.core.models import Models
+from service.http.data_routes import METRIC_ROUTES, check_served
 from service.http.edge import Intake, RequestMetrics, install_error_handlers
-from service.http.routes import embed, health, openai, ui
+from service.http.routes import embed, health, openai, rerank, ui
 from service.http.routes import models as model_list
 from service.kserve import rest as kserve_rest
 
-DATA_ROUTES = ["/v1/embed", "/v1/embeddings", "/v1/tokenize", "/v1/models"]
+ROUTERS = [module.router for module in (embed, openai, rerank, model_list, health, ui, kserve_rest)]
 
 
 def create_app(settings: Settings, models: Models) -> FastAPI:
@@ -26,9 +27,10 @@ def create_app(settings: Settings, models: Models) -> FastAPI:
     app.state.models = models
     app.state.keys = ApiKeys(settings)
     install_error_handlers(app, models.metrics)
-    for module in (embed, openai, model_list, health, ui, kserve_rest):
-        app.include_router(module.router)
-    models.metrics.declare_routes("http", DATA_ROUTES)
+    check_served(ROUTERS)
+    for router in ROUTERS:
+        app.include_router(router)
+    models.metrics.declare_routes("http", METRIC_ROUTES)
     app.add_middleware(Intake, limit=settings.max_request_bytes, models=models)
     app.add_middleware(RequestMetrics, metrics=models.metrics)
     return app

@@ -9,11 +9,9 @@ shape, {"error": message}, which tritonclient reads; every other route answers
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request
@@ -25,11 +23,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.core.capacity import Ticket
 from service.core.models import Models
 from service.errors import InvalidRequest, MhaserveError, NotFound, Overloaded, PayloadTooLarge, Unauthenticated
+from service.http.data_routes import DataRoute, data_route
 from service.http.schemas import ErrorResponse, KServeErrorResponse
 from service.metrics import Metrics
 from service.types import EmbedRequest, EmbedResult, total_time
 
 KSERVE_PREFIX = "/v2"
+T = TypeVar("T")
 
 
 def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -105,8 +105,9 @@ def describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-async def embed_until_disconnected(models: Models, request: Request, embed_request: EmbedRequest) -> EmbedResult:
-    """models.embed, told when the client goes away so its queued work is dropped unrun.
+async def until_disconnected(request: Request, work: Callable[[Callable[[], bool], Ticket | None], Awaitable[T]]) -> T:
+    """work(is_disconnected, ticket), told when the client goes away so its queued work is dropped
+    unrun, with the ticket the edge admitted the request with (if any).
 
     After the body is read, the next ASGI message is the client's disconnect, if any."""
     gone = asyncio.Event()
@@ -120,9 +121,15 @@ async def embed_until_disconnected(models: Models, request: Request, embed_reque
 
     watcher = asyncio.create_task(watch())
     try:
-        return await models.embed(embed_request, is_disconnected=gone.is_set, ticket=request.scope.get(TICKET))
+        return await work(gone.is_set, request.scope.get(TICKET))
     finally:
         watcher.cancel()
+
+
+async def embed_until_disconnected(models: Models, request: Request, embed_request: EmbedRequest) -> EmbedResult:
+    return await until_disconnected(
+        request, lambda gone, ticket: models.embed(embed_request, is_disconnected=gone, ticket=ticket)
+    )
 
 
 ERROR_MEANINGS = {
@@ -144,38 +151,6 @@ def error_responses(*statuses: int, kserve: bool = False) -> dict[int | str, dic
     return {status: {"model": model, "description": ERROR_MEANINGS[status]} for status in statuses}
 
 
-@dataclass(frozen=True)
-class DataRoute:
-    """A POST route that queues work, as the edge sees it before routing: its metrics label,
-    the model its path names (KServe), and how to find the texts and model in a JSON body."""
-
-    path: str  # the route template, as FastAPI's route would report it
-    texts: Callable[[Any], Any]
-    model: str | None = None  # named by the path
-    model_field: str | None = None  # or by this body field
-
-
-def kserve_texts(body: Any) -> Any:
-    return body["inputs"][0]["data"]
-
-
-DATA_POST_ROUTES = {
-    "/v1/embed": DataRoute("/v1/embed", lambda body: body["inputs"], model_field="model"),
-    "/v1/embeddings": DataRoute("/v1/embeddings", lambda body: body["input"], model_field="model"),
-}
-KSERVE_INFER = re.compile(r"^/v2/models/([^/]+)(/versions/[^/]+)?/infer$")
-
-
-def data_route(path: str) -> DataRoute | None:
-    if path in DATA_POST_ROUTES:
-        return DATA_POST_ROUTES[path]
-    match = KSERVE_INFER.match(path)
-    if match is None:
-        return None
-    template = "/v2/models/{name}/versions/{version}/infer" if match.group(2) else "/v2/models/{name}/infer"
-    return DataRoute(template, kserve_texts, model=match.group(1))
-
-
 TICKET = "mhaserve.ticket"  # scope key: the request's Ticket from Models.try_admit, until the engine takes it
 
 
@@ -185,8 +160,6 @@ def admit_at_edge(models: Models, route: DataRoute, body: bytes) -> Overloaded |
     expected tokens. None when the full path must decide: a body it cannot read, an unknown model."""
     if route.model is not None and route.model not in models.engines:
         return None  # the full path answers the 404
-    if models.clearly_full(route.model):
-        return models.engine(route.model).refusal()
     try:
         parsed = orjson.loads(body)
         texts = route.texts(parsed)

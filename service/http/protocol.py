@@ -18,7 +18,8 @@ from service.config import Settings
 from service.core.capacity import Ticket
 from service.core.models import Models
 from service.errors import MhaserveError, Overloaded
-from service.http.edge import TICKET, DataRoute, admit_at_edge, data_route, error_body, error_headers
+from service.http.data_routes import DataRoute, data_route
+from service.http.edge import TICKET, admit_at_edge, error_body, error_headers
 from service.types import total_time
 
 log = logging.getLogger("mhaserve")

@@ -8,7 +8,7 @@ models below exist to document the shapes in OpenAPI and are what the tests vali
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
@@ -95,6 +95,11 @@ class EmbedBody(Strict):
     )
     timeout_s: float | None = Field(None, gt=0, le=600, description="deadline for this request, seconds")
 
+    @staticmethod
+    def peek(body: Any) -> Any:
+        """The texts of a parsed body, for the edge's decision before validation (data_routes)."""
+        return body["inputs"]
+
     def to_request(self) -> EmbedRequest:
         attention = None
         if self.return_attention is not None:
@@ -128,6 +133,10 @@ class OpenAIEmbeddingsBody(BaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: StrictInt | None = None
     user: StrictStr | None = None
+
+    @staticmethod
+    def peek(body: Any) -> Any:
+        return body["input"]
 
 
 class TokenizeBody(Strict):
@@ -201,7 +210,7 @@ class ModelCard(BaseModel):
     owned_by: str
     name: str
     version: str
-    dims: int = Field(description="width of every sentence embedding (after any Dense layers)")
+    dims: int = Field(description="width of every sentence embedding (after any Dense layers); 0 for a cross-encoder")
     d_model: int = Field(description="the encoder's hidden width: the width of token embeddings")
     layers: int
     heads: int
@@ -211,6 +220,11 @@ class ModelCard(BaseModel):
     provider: str
     precision: str
     graph: str = Field(description="file of the fast graph in use")
+    task: Literal["embed", "rerank", "classify"] = Field(
+        description="embed: vectors (/v1/embed); rerank: a cross-encoder scoring pairs (/rerank, /v1/rerank); "
+        "classify: a cross-encoder with several labels (/predict)"
+    )
+    labels: list[str] = Field(description="a cross-encoder's labels, in id order; empty for an embedder")
 
 
 class ModelList(BaseModel):
@@ -313,6 +327,8 @@ def model_card(info: ModelInfo) -> dict:
         "provider": info.provider,
         "precision": info.precision,
         "graph": info.graph,
+        "task": info.task,
+        "labels": list(info.labels),
     }
 
 

@@ -14,6 +14,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from service.errors import InvalidRequest
+from service.http.data_routes import KSERVE_INFER_PATHS
 from service.http.deps import Authorized, ModelsDep
 from service.http.edge import embed_until_disconnected, error_responses, json_response
 from service.http.schemas import timing_headers
@@ -54,8 +55,8 @@ async def model_ready(models: ModelsDep, name: str, version: str | None = None) 
     return json_response({"name": name, "ready": ready}, 200 if ready else 503)
 
 
-@router.post("/v2/models/{name}/infer", responses=ERRORS)
-@router.post("/v2/models/{name}/versions/{version}/infer", responses=ERRORS)
+@router.post(KSERVE_INFER_PATHS[0], responses=ERRORS)
+@router.post(KSERVE_INFER_PATHS[1], responses=ERRORS)
 async def model_infer(
     request: Request, models: ModelsDep, _: Authorized, name: str, version: str | None = None
 ) -> Response:

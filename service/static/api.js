@@ -35,6 +35,11 @@ function explainStatus(status, serverMessage, retryAfter) {
 export class ApiClient {
   constructor() {
     this.apiKey = "";
+    this.model = ""; // the embedding model the explorer's views ask (empty: the server's default)
+  }
+
+  withModel(body) {
+    return this.model ? { ...body, model: this.model } : body;
   }
 
   async request(method, path, body) {
@@ -67,7 +72,7 @@ export class ApiClient {
   }
 
   tokenize(inputs, truncate = true) {
-    return this.request("POST", "/v1/tokenize", { inputs, truncate });
+    return this.request("POST", "/v1/tokenize", this.withModel({ inputs, truncate }));
   }
 
   // One text's word pieces, embedding and the attention of the chosen layers and heads.
@@ -78,17 +83,21 @@ export class ApiClient {
 
   // returnAttention: the API's return_attention (layers, heads, reduce_heads, rollout, rows).
   embedWithAttentionOptions(text, returnAttention) {
-    return this.request("POST", "/v1/embed", {
-      inputs: [text],
-      normalize: true,
-      truncate: false,
-      return_tokens: true,
-      return_attention: returnAttention,
-      encoding: "base64",
-    });
+    return this.request(
+      "POST",
+      "/v1/embed",
+      this.withModel({
+        inputs: [text],
+        normalize: true,
+        truncate: false,
+        return_tokens: true,
+        return_attention: returnAttention,
+        encoding: "base64",
+      }),
+    );
   }
 
   embed(inputs) {
-    return this.request("POST", "/v1/embed", { inputs, normalize: true, truncate: false });
+    return this.request("POST", "/v1/embed", this.withModel({ inputs, normalize: true, truncate: false }));
   }
 }

@@ -15,6 +15,7 @@ import { ColourScale, drawLegend } from "./colour.js";
 import { MAX_COMPARED, renderComparison, sentencesOf, similarityMatrix } from "./compare.js";
 import { Heatmap } from "./heatmap.js";
 import { Overview } from "./overview.js";
+import { RerankView } from "./rerank.js";
 import { renderWordPieces, TokenView } from "./tokens.js";
 
 const byId = (id) => document.getElementById(id);
@@ -27,6 +28,7 @@ const overview = new Overview(byId("overview"), (layer, head) => {
   selectHead(layer, head);
 });
 const strip = new ImportanceStrip(byId("importance-strip"), byId("importance-readout"));
+const rerankView = new RerankView(api, byId);
 const layerMeans = new LayerMeans(byId("layer-means"), (layer) => {
   setView("mean");
   selectHead(layer, shown.head);
@@ -85,7 +87,10 @@ async function loadModelInfo() {
     if (answer.data.length === 0) {
       throw new ApiError("The server is still loading its model. Reload this page in a moment.");
     }
-    const model = answer.data[0];
+    rerankView.setModels(answer.data);
+    // the explorer's own views embed: the first embedding model, whichever model is the default
+    const model = answer.data.find((card) => (card.task || "embed") === "embed") || answer.data[0];
+    api.model = model.name || model.id;
     fillSelect(byId("layer"), model.layers, "Layer");
     fillSelect(byId("head"), model.heads, "Head");
     byId("sentence").dataset.maxLen = String(model.max_len);

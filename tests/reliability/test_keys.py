@@ -32,8 +32,14 @@ BODIES = {
     "/v2/models/{name}/versions/{version}/infer": {
         "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}]
     },
+    "/rerank": {"query": "a key check", "texts": ["a"]},
+    "/v1/rerank": {"query": "a key check", "documents": ["a"]},
+    "/predict": {"inputs": "a key check"},
 }
-ENCODER_METHODS = ("Embed", "Tokenize", "GetModelInfo")
+# the keyed server serves an embedder: with a valid key, a cross-encoder's route gets past the key
+# check to the refusal that names the model's task
+PAST_THE_KEY = {"/rerank": 422, "/v1/rerank": 422, "/predict": 422}
+ENCODER_METHODS = ("Embed", "Tokenize", "GetModelInfo", "Rerank", "Predict")
 KSERVE_KEYED = ("ServerMetadata", "ModelMetadata", "ModelInfer")
 KSERVE_OPEN = ("ServerLive", "ServerReady", "ModelReady")
 
@@ -75,6 +81,7 @@ def test_every_rest_data_route_refuses_a_missing_or_wrong_key(keyed):
     keyed_operations = [(m, p) for m, p in operations(keyed) if p not in OPEN_ROUTES and p != "/metrics"]
     known = {("POST", "/v1/embed"), ("POST", "/v1/embeddings"), ("POST", "/v1/tokenize"), ("GET", "/v1/models")}
     known |= {("GET", "/v2"), ("GET", "/v2/models/{name}"), ("POST", "/v2/models/{name}/infer")}
+    known |= {("POST", path) for path in PAST_THE_KEY}
     assert known <= set(keyed_operations), keyed_operations
     for method, path in keyed_operations:
         for key in (None, WRONG_KEY):
@@ -83,7 +90,9 @@ def test_every_rest_data_route_refuses_a_missing_or_wrong_key(keyed):
             assert WRONG_KEY not in response.text
         for key in (*FILE_KEYS, ENV_KEY):  # every configured key works, so keys can be rotated
             response = call(keyed, method, path, key)
-            assert response.status_code == 200, (method, path, response.text)
+            assert response.status_code == PAST_THE_KEY.get(path, 200), (method, path, response.text)
+            if path in PAST_THE_KEY:
+                assert f"{MODEL!r} has task 'embed'" in response.text, response.text
 
 
 def test_health_stays_open_and_metrics_follow_their_setting(keyed):

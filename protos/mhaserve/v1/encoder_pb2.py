@@ -24,45 +24,65 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/mhaserve/v1/encoder.proto\x12\x0bmhaserve.v1\"\x84\x01\n\x12\x41ttentionSelection\x12\x0e\n\x06layers\x18\x01 \x03(\x05\x12\r\n\x05heads\x18\x02 \x03(\x05\x12\x30\n\x0creduce_heads\x18\x03 \x01(\x0e\x32\x1a.mhaserve.v1.HeadReduction\x12\x0f\n\x07rollout\x18\x04 \x01(\x08\x12\x0c\n\x04rows\x18\x05 \x03(\x05\"\xab\x02\n\x0c\x45mbedRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12%\n\x07pooling\x18\x03 \x01(\x0e\x32\x14.mhaserve.v1.Pooling\x12\x16\n\tnormalize\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x15\n\x08truncate\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x15\n\rreturn_tokens\x18\x06 \x01(\x08\x12\x1f\n\x17return_token_embeddings\x18\x07 \x01(\x08\x12\x32\n\tattention\x18\x08 \x01(\x0b\x32\x1f.mhaserve.v1.AttentionSelection\x12\r\n\x05model\x18\t \x01(\t\x12\x13\n\x0bprompt_name\x18\n \x01(\tB\x0c\n\n_normalizeB\x0b\n\t_truncate\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"H\n\x06Tensor\x12!\n\x05\x64type\x18\x01 \x01(\x0e\x32\x12.mhaserve.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"=\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\r\x12\x0b\n\x03\x65nd\x18\x04 \x01(\r\"/\n\tTokenList\x12\"\n\x06tokens\x18\x01 \x03(\x0b\x32\x12.mhaserve.v1.Token\"G\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x11\n\tcode_name\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\"\x17\n\x05Usage\x12\x0e\n\x06tokens\x18\x01 \x01(\r\"\xbd\x03\n\rEmbedResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12*\n\nembeddings\x18\x03 \x03(\x0b\x32\x16.mhaserve.v1.Embedding\x12&\n\x06tokens\x18\x04 \x03(\x0b\x32\x16.mhaserve.v1.TokenList\x12-\n\x10token_embeddings\x18\x05 \x03(\x0b\x32\x13.mhaserve.v1.Tensor\x12&\n\tattention\x18\x06 \x03(\x0b\x32\x13.mhaserve.v1.Tensor\x12\x18\n\x10\x61ttention_layers\x18\x07 \x03(\x05\x12\x17\n\x0f\x61ttention_heads\x18\x08 \x03(\x05\x12!\n\x05usage\x18\t \x01(\x0b\x32\x12.mhaserve.v1.Usage\x12!\n\x05\x65rror\x18\n \x01(\x0b\x32\x12.mhaserve.v1.Error\x12:\n\x16\x61ttention_reduce_heads\x18\x0b \x01(\x0e\x32\x1a.mhaserve.v1.HeadReduction\x12\x19\n\x11\x61ttention_rollout\x18\x0c \x01(\x08\x12\x16\n\x0e\x61ttention_rows\x18\r \x03(\x05\"T\n\x0fTokenizeRequest\x12\x0e\n\x06inputs\x18\x01 \x03(\t\x12\x15\n\x08truncate\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\r\n\x05model\x18\x03 \x01(\tB\x0b\n\t_truncate\"I\n\x10TokenizeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x06tokens\x18\x02 \x03(\x0b\x32\x16.mhaserve.v1.TokenList\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xde\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x64_model\x18\x03 \x01(\r\x12\x15\n\rembedding_dim\x18\x0c \x01(\r\x12\x10\n\x08n_layers\x18\x04 \x01(\r\x12\x0f\n\x07n_heads\x18\x05 \x01(\r\x12\x0f\n\x07max_len\x18\x06 \x01(\r\x12\x0f\n\x07pooling\x18\x07 \x01(\t\x12\x11\n\tnormalize\x18\x08 \x01(\x08\x12\x10\n\x08provider\x18\t \x01(\t\x12\x11\n\tprecision\x18\n \x01(\t\x12\r\n\x05graph\x18\x0b \x01(\t*\xa9\x01\n\x07Pooling\x12\x17\n\x13POOLING_UNSPECIFIED\x10\x00\x12\x10\n\x0cPOOLING_MEAN\x10\x01\x12\x0f\n\x0bPOOLING_CLS\x10\x02\x12\x0f\n\x0bPOOLING_MAX\x10\x03\x12 \n\x1cPOOLING_MEAN_SQRT_LEN_TOKENS\x10\x04\x12\x18\n\x14POOLING_WEIGHTEDMEAN\x10\x05\x12\x15\n\x11POOLING_LASTTOKEN\x10\x06*1\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01*y\n\rHeadReduction\x12\x1e\n\x1aHEAD_REDUCTION_UNSPECIFIED\x10\x00\x12\x17\n\x13HEAD_REDUCTION_NONE\x10\x01\x12\x17\n\x13HEAD_REDUCTION_MEAN\x10\x02\x12\x16\n\x12HEAD_REDUCTION_MAX\x10\x03\x32\xa6\x02\n\x07\x45ncoder\x12>\n\x05\x45mbed\x12\x19.mhaserve.v1.EmbedRequest\x1a\x1a.mhaserve.v1.EmbedResponse\x12H\n\x0b\x45mbedStream\x12\x19.mhaserve.v1.EmbedRequest\x1a\x1a.mhaserve.v1.EmbedResponse(\x01\x30\x01\x12G\n\x08Tokenize\x12\x1c.mhaserve.v1.TokenizeRequest\x1a\x1d.mhaserve.v1.TokenizeResponse\x12H\n\x0cGetModelInfo\x12 .mhaserve.v1.GetModelInfoRequest\x1a\x16.mhaserve.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/mhaserve/v1/encoder.proto\x12\x0bmhaserve.v1\"\xb0\x01\n\x12\x41ttentionSelection\x12\x0e\n\x06layers\x18\x01 \x03(\x05\x12\r\n\x05heads\x18\x02 \x03(\x05\x12\x30\n\x0creduce_heads\x18\x03 \x01(\x0e\x32\x1a.mhaserve.v1.HeadReduction\x12\x0f\n\x07rollout\x18\x04 \x01(\x08\x12\x0c\n\x04rows\x18\x05 \x03(\x05\x12*\n\x05\x62lock\x18\x06 \x01(\x0e\x32\x1b.mhaserve.v1.AttentionBlock\"\xab\x02\n\x0c\x45mbedRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12%\n\x07pooling\x18\x03 \x01(\x0e\x32\x14.mhaserve.v1.Pooling\x12\x16\n\tnormalize\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x15\n\x08truncate\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x15\n\rreturn_tokens\x18\x06 \x01(\x08\x12\x1f\n\x17return_token_embeddings\x18\x07 \x01(\x08\x12\x32\n\tattention\x18\x08 \x01(\x0b\x32\x1f.mhaserve.v1.AttentionSelection\x12\r\n\x05model\x18\t \x01(\t\x12\x13\n\x0bprompt_name\x18\n \x01(\tB\x0c\n\n_normalizeB\x0b\n\t_truncate\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"H\n\x06Tensor\x12!\n\x05\x64type\x18\x01 \x01(\x0e\x32\x12.mhaserve.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"=\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\r\x12\x0b\n\x03\x65nd\x18\x04 \x01(\r\"/\n\tTokenList\x12\"\n\x06tokens\x18\x01 \x03(\x0b\x32\x12.mhaserve.v1.Token\"G\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x11\n\tcode_name\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\"\x17\n\x05Usage\x12\x0e\n\x06tokens\x18\x01 \x01(\r\"\xbd\x03\n\rEmbedResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12*\n\nembeddings\x18\x03 \x03(\x0b\x32\x16.mhaserve.v1.Embedding\x12&\n\x06tokens\x18\x04 \x03(\x0b\x32\x16.mhaserve.v1.TokenList\x12-\n\x10token_embeddings\x18\x05 \x03(\x0b\x32\x13.mhaserve.v1.Tensor\x12&\n\tattention\x18\x06 \x03(\x0b\x32\x13.mhaserve.v1.Tensor\x12\x18\n\x10\x61ttention_layers\x18\x07 \x03(\x05\x12\x17\n\x0f\x61ttention_heads\x18\x08 \x03(\x05\x12!\n\x05usage\x18\t \x01(\x0b\x32\x12.mhaserve.v1.Usage\x12!\n\x05\x65rror\x18\n \x01(\x0b\x32\x12.mhaserve.v1.Error\x12:\n\x16\x61ttention_reduce_heads\x18\x0b \x01(\x0e\x32\x1a.mhaserve.v1.HeadReduction\x12\x19\n\x11\x61ttention_rollout\x18\x0c \x01(\x08\x12\x16\n\x0e\x61ttention_rows\x18\r \x03(\x05\"T\n\x0fTokenizeRequest\x12\x0e\n\x06inputs\x18\x01 \x03(\t\x12\x15\n\x08truncate\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\r\n\x05model\x18\x03 \x01(\tB\x0b\n\t_truncate\"I\n\x10TokenizeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x06tokens\x18\x02 \x03(\x0b\x32\x16.mhaserve.v1.TokenList\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xfc\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x64_model\x18\x03 \x01(\r\x12\x15\n\rembedding_dim\x18\x0c \x01(\r\x12\x10\n\x08n_layers\x18\x04 \x01(\r\x12\x0f\n\x07n_heads\x18\x05 \x01(\r\x12\x0f\n\x07max_len\x18\x06 \x01(\r\x12\x0f\n\x07pooling\x18\x07 \x01(\t\x12\x11\n\tnormalize\x18\x08 \x01(\x08\x12\x10\n\x08provider\x18\t \x01(\t\x12\x11\n\tprecision\x18\n \x01(\t\x12\r\n\x05graph\x18\x0b \x01(\t\x12\x0c\n\x04task\x18\r \x01(\t\x12\x0e\n\x06labels\x18\x0e \x03(\t\"\xed\x01\n\rRerankRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05query\x18\x03 \x01(\t\x12\x11\n\tdocuments\x18\x04 \x03(\t\x12\x12\n\nraw_scores\x18\x05 \x01(\x08\x12\x15\n\x08truncate\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\x05top_n\x18\x07 \x01(\rH\x01\x88\x01\x01\x12\x15\n\rreturn_tokens\x18\x08 \x01(\x08\x12\x32\n\tattention\x18\t \x01(\x0b\x32\x1f.mhaserve.v1.AttentionSelectionB\x0b\n\t_truncateB\x08\n\x06_top_n\"\"\n\x04Span\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\"\xcd\x01\n\x0cRerankResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05score\x18\x02 \x01(\x02\x12&\n\x06tokens\x18\x03 \x01(\x0b\x32\x16.mhaserve.v1.TokenList\x12%\n\nquery_span\x18\x04 \x01(\x0b\x32\x11.mhaserve.v1.Span\x12(\n\rdocument_span\x18\x05 \x01(\x0b\x32\x11.mhaserve.v1.Span\x12&\n\tattention\x18\x06 \x01(\x0b\x32\x13.mhaserve.v1.Tensor\"\xd2\x02\n\x0eRerankResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12*\n\x07results\x18\x03 \x03(\x0b\x32\x19.mhaserve.v1.RerankResult\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.mhaserve.v1.Usage\x12\x18\n\x10\x61ttention_layers\x18\x05 \x03(\x05\x12\x17\n\x0f\x61ttention_heads\x18\x06 \x03(\x05\x12:\n\x16\x61ttention_reduce_heads\x18\x07 \x01(\x0e\x32\x1a.mhaserve.v1.HeadReduction\x12\x19\n\x11\x61ttention_rollout\x18\x08 \x01(\x08\x12\x16\n\x0e\x61ttention_rows\x18\t \x03(\x05\x12\x34\n\x0f\x61ttention_block\x18\n \x01(\x0e\x32\x1b.mhaserve.v1.AttentionBlock\"B\n\x0cPredictInput\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x16\n\ttext_pair\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x0c\n\n_text_pair\"\xac\x01\n\x0ePredictRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12)\n\x06inputs\x18\x03 \x03(\x0b\x32\x19.mhaserve.v1.PredictInput\x12\x12\n\nraw_scores\x18\x04 \x01(\x08\x12\x15\n\x08truncate\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x06 \x01(\rH\x01\x88\x01\x01\x42\x0b\n\t_truncateB\x08\n\x06_top_k\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"5\n\nPrediction\x12\'\n\x06labels\x18\x01 \x03(\x0b\x32\x17.mhaserve.v1.LabelScore\"}\n\x0fPredictResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12,\n\x0bpredictions\x18\x03 \x03(\x0b\x32\x17.mhaserve.v1.Prediction\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.mhaserve.v1.Usage*\xa9\x01\n\x07Pooling\x12\x17\n\x13POOLING_UNSPECIFIED\x10\x00\x12\x10\n\x0cPOOLING_MEAN\x10\x01\x12\x0f\n\x0bPOOLING_CLS\x10\x02\x12\x0f\n\x0bPOOLING_MAX\x10\x03\x12 \n\x1cPOOLING_MEAN_SQRT_LEN_TOKENS\x10\x04\x12\x18\n\x14POOLING_WEIGHTEDMEAN\x10\x05\x12\x15\n\x11POOLING_LASTTOKEN\x10\x06*1\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01*y\n\rHeadReduction\x12\x1e\n\x1aHEAD_REDUCTION_UNSPECIFIED\x10\x00\x12\x17\n\x13HEAD_REDUCTION_NONE\x10\x01\x12\x17\n\x13HEAD_REDUCTION_MEAN\x10\x02\x12\x16\n\x12HEAD_REDUCTION_MAX\x10\x03*\x99\x01\n\x0e\x41ttentionBlock\x12\x1f\n\x1b\x41TTENTION_BLOCK_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41TTENTION_BLOCK_FULL\x10\x01\x12%\n!ATTENTION_BLOCK_QUERY_TO_DOCUMENT\x10\x02\x12%\n!ATTENTION_BLOCK_DOCUMENT_TO_QUERY\x10\x03\x32\xaf\x03\n\x07\x45ncoder\x12>\n\x05\x45mbed\x12\x19.mhaserve.v1.EmbedRequest\x1a\x1a.mhaserve.v1.EmbedResponse\x12H\n\x0b\x45mbedStream\x12\x19.mhaserve.v1.EmbedRequest\x1a\x1a.mhaserve.v1.EmbedResponse(\x01\x30\x01\x12G\n\x08Tokenize\x12\x1c.mhaserve.v1.TokenizeRequest\x1a\x1d.mhaserve.v1.TokenizeResponse\x12H\n\x0cGetModelInfo\x12 .mhaserve.v1.GetModelInfoRequest\x1a\x16.mhaserve.v1.ModelInfo\x12\x41\n\x06Rerank\x12\x1a.mhaserve.v1.RerankRequest\x1a\x1b.mhaserve.v1.RerankResponse\x12\x44\n\x07Predict\x12\x1b.mhaserve.v1.PredictRequest\x1a\x1c.mhaserve.v1.PredictResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.mhaserve.v1.encoder_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POOLING']._serialized_start=1672
-  _globals['_POOLING']._serialized_end=1841
-  _globals['_DTYPE']._serialized_start=1843
-  _globals['_DTYPE']._serialized_end=1892
-  _globals['_HEADREDUCTION']._serialized_start=1894
-  _globals['_HEADREDUCTION']._serialized_end=2015
+  _globals['_POOLING']._serialized_start=3040
+  _globals['_POOLING']._serialized_end=3209
+  _globals['_DTYPE']._serialized_start=3211
+  _globals['_DTYPE']._serialized_end=3260
+  _globals['_HEADREDUCTION']._serialized_start=3262
+  _globals['_HEADREDUCTION']._serialized_end=3383
+  _globals['_ATTENTIONBLOCK']._serialized_start=3386
+  _globals['_ATTENTIONBLOCK']._serialized_end=3539
   _globals['_ATTENTIONSELECTION']._serialized_start=50
-  _globals['_ATTENTIONSELECTION']._serialized_end=182
-  _globals['_EMBEDREQUEST']._serialized_start=185
-  _globals['_EMBEDREQUEST']._serialized_end=484
-  _globals['_EMBEDDING']._serialized_start=486
-  _globals['_EMBEDDING']._serialized_end=513
-  _globals['_TENSOR']._serialized_start=515
-  _globals['_TENSOR']._serialized_end=587
-  _globals['_TOKEN']._serialized_start=589
-  _globals['_TOKEN']._serialized_end=650
-  _globals['_TOKENLIST']._serialized_start=652
-  _globals['_TOKENLIST']._serialized_end=699
-  _globals['_ERROR']._serialized_start=701
-  _globals['_ERROR']._serialized_end=772
-  _globals['_USAGE']._serialized_start=774
-  _globals['_USAGE']._serialized_end=797
-  _globals['_EMBEDRESPONSE']._serialized_start=800
-  _globals['_EMBEDRESPONSE']._serialized_end=1245
-  _globals['_TOKENIZEREQUEST']._serialized_start=1247
-  _globals['_TOKENIZEREQUEST']._serialized_end=1331
-  _globals['_TOKENIZERESPONSE']._serialized_start=1333
-  _globals['_TOKENIZERESPONSE']._serialized_end=1406
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1408
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1444
-  _globals['_MODELINFO']._serialized_start=1447
-  _globals['_MODELINFO']._serialized_end=1669
-  _globals['_ENCODER']._serialized_start=2018
-  _globals['_ENCODER']._serialized_end=2312
+  _globals['_ATTENTIONSELECTION']._serialized_end=226
+  _globals['_EMBEDREQUEST']._serialized_start=229
+  _globals['_EMBEDREQUEST']._serialized_end=528
+  _globals['_EMBEDDING']._serialized_start=530
+  _globals['_EMBEDDING']._serialized_end=557
+  _globals['_TENSOR']._serialized_start=559
+  _globals['_TENSOR']._serialized_end=631
+  _globals['_TOKEN']._serialized_start=633
+  _globals['_TOKEN']._serialized_end=694
+  _globals['_TOKENLIST']._serialized_start=696
+  _globals['_TOKENLIST']._serialized_end=743
+  _globals['_ERROR']._serialized_start=745
+  _globals['_ERROR']._serialized_end=816
+  _globals['_USAGE']._serialized_start=818
+  _globals['_USAGE']._serialized_end=841
+  _globals['_EMBEDRESPONSE']._serialized_start=844
+  _globals['_EMBEDRESPONSE']._serialized_end=1289
+  _globals['_TOKENIZEREQUEST']._serialized_start=1291
+  _globals['_TOKENIZEREQUEST']._serialized_end=1375
+  _globals['_TOKENIZERESPONSE']._serialized_start=1377
+  _globals['_TOKENIZERESPONSE']._serialized_end=1450
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1452
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1488
+  _globals['_MODELINFO']._serialized_start=1491
+  _globals['_MODELINFO']._serialized_end=1743
+  _globals['_RERANKREQUEST']._serialized_start=1746
+  _globals['_RERANKREQUEST']._serialized_end=1983
+  _globals['_SPAN']._serialized_start=1985
+  _globals['_SPAN']._serialized_end=2019
+  _globals['_RERANKRESULT']._serialized_start=2022
+  _globals['_RERANKRESULT']._serialized_end=2227
+  _globals['_RERANKRESPONSE']._serialized_start=2230
+  _globals['_RERANKRESPONSE']._serialized_end=2568
+  _globals['_PREDICTINPUT']._serialized_start=2570
+  _globals['_PREDICTINPUT']._serialized_end=2636
+  _globals['_PREDICTREQUEST']._serialized_start=2639
+  _globals['_PREDICTREQUEST']._serialized_end=2811
+  _globals['_LABELSCORE']._serialized_start=2813
+  _globals['_LABELSCORE']._serialized_end=2855
+  _globals['_PREDICTION']._serialized_start=2857
+  _globals['_PREDICTION']._serialized_end=2910
+  _globals['_PREDICTRESPONSE']._serialized_start=2912
+  _globals['_PREDICTRESPONSE']._serialized_end=3037
+  _globals['_ENCODER']._serialized_start=3542
+  _globals['_ENCODER']._serialized_end=3973
 # @@protoc_insertion_point(module_scope)

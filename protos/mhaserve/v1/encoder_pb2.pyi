@@ -28,6 +28,13 @@ class HeadReduction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HEAD_REDUCTION_NONE: _ClassVar[HeadReduction]
     HEAD_REDUCTION_MEAN: _ClassVar[HeadReduction]
     HEAD_REDUCTION_MAX: _ClassVar[HeadReduction]
+
+class AttentionBlock(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ATTENTION_BLOCK_UNSPECIFIED: _ClassVar[AttentionBlock]
+    ATTENTION_BLOCK_FULL: _ClassVar[AttentionBlock]
+    ATTENTION_BLOCK_QUERY_TO_DOCUMENT: _ClassVar[AttentionBlock]
+    ATTENTION_BLOCK_DOCUMENT_TO_QUERY: _ClassVar[AttentionBlock]
 POOLING_UNSPECIFIED: Pooling
 POOLING_MEAN: Pooling
 POOLING_CLS: Pooling
@@ -41,20 +48,26 @@ HEAD_REDUCTION_UNSPECIFIED: HeadReduction
 HEAD_REDUCTION_NONE: HeadReduction
 HEAD_REDUCTION_MEAN: HeadReduction
 HEAD_REDUCTION_MAX: HeadReduction
+ATTENTION_BLOCK_UNSPECIFIED: AttentionBlock
+ATTENTION_BLOCK_FULL: AttentionBlock
+ATTENTION_BLOCK_QUERY_TO_DOCUMENT: AttentionBlock
+ATTENTION_BLOCK_DOCUMENT_TO_QUERY: AttentionBlock
 
 class AttentionSelection(_message.Message):
-    __slots__ = ("layers", "heads", "reduce_heads", "rollout", "rows")
+    __slots__ = ("layers", "heads", "reduce_heads", "rollout", "rows", "block")
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     HEADS_FIELD_NUMBER: _ClassVar[int]
     REDUCE_HEADS_FIELD_NUMBER: _ClassVar[int]
     ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
     layers: _containers.RepeatedScalarFieldContainer[int]
     heads: _containers.RepeatedScalarFieldContainer[int]
     reduce_heads: HeadReduction
     rollout: bool
     rows: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., reduce_heads: _Optional[_Union[HeadReduction, str]] = ..., rollout: _Optional[bool] = ..., rows: _Optional[_Iterable[int]] = ...) -> None: ...
+    block: AttentionBlock
+    def __init__(self, layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., reduce_heads: _Optional[_Union[HeadReduction, str]] = ..., rollout: _Optional[bool] = ..., rows: _Optional[_Iterable[int]] = ..., block: _Optional[_Union[AttentionBlock, str]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("id", "inputs", "pooling", "normalize", "truncate", "return_tokens", "return_token_embeddings", "attention", "model", "prompt_name")
@@ -187,7 +200,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "d_model", "embedding_dim", "n_layers", "n_heads", "max_len", "pooling", "normalize", "provider", "precision", "graph")
+    __slots__ = ("name", "version", "d_model", "embedding_dim", "n_layers", "n_heads", "max_len", "pooling", "normalize", "provider", "precision", "graph", "task", "labels")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     D_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -200,6 +213,8 @@ class ModelInfo(_message.Message):
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     GRAPH_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     d_model: int
@@ -212,4 +227,126 @@ class ModelInfo(_message.Message):
     provider: str
     precision: str
     graph: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., d_model: _Optional[int] = ..., embedding_dim: _Optional[int] = ..., n_layers: _Optional[int] = ..., n_heads: _Optional[int] = ..., max_len: _Optional[int] = ..., pooling: _Optional[str] = ..., normalize: _Optional[bool] = ..., provider: _Optional[str] = ..., precision: _Optional[str] = ..., graph: _Optional[str] = ...) -> None: ...
+    task: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., d_model: _Optional[int] = ..., embedding_dim: _Optional[int] = ..., n_layers: _Optional[int] = ..., n_heads: _Optional[int] = ..., max_len: _Optional[int] = ..., pooling: _Optional[str] = ..., normalize: _Optional[bool] = ..., provider: _Optional[str] = ..., precision: _Optional[str] = ..., graph: _Optional[str] = ..., task: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RerankRequest(_message.Message):
+    __slots__ = ("id", "model", "query", "documents", "raw_scores", "truncate", "top_n", "return_tokens", "attention")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    RAW_SCORES_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    TOP_N_FIELD_NUMBER: _ClassVar[int]
+    RETURN_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    model: str
+    query: str
+    documents: _containers.RepeatedScalarFieldContainer[str]
+    raw_scores: bool
+    truncate: bool
+    top_n: int
+    return_tokens: bool
+    attention: AttentionSelection
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., query: _Optional[str] = ..., documents: _Optional[_Iterable[str]] = ..., raw_scores: _Optional[bool] = ..., truncate: _Optional[bool] = ..., top_n: _Optional[int] = ..., return_tokens: _Optional[bool] = ..., attention: _Optional[_Union[AttentionSelection, _Mapping]] = ...) -> None: ...
+
+class Span(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
+
+class RerankResult(_message.Message):
+    __slots__ = ("index", "score", "tokens", "query_span", "document_span", "attention")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    QUERY_SPAN_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_SPAN_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    score: float
+    tokens: TokenList
+    query_span: Span
+    document_span: Span
+    attention: Tensor
+    def __init__(self, index: _Optional[int] = ..., score: _Optional[float] = ..., tokens: _Optional[_Union[TokenList, _Mapping]] = ..., query_span: _Optional[_Union[Span, _Mapping]] = ..., document_span: _Optional[_Union[Span, _Mapping]] = ..., attention: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class RerankResponse(_message.Message):
+    __slots__ = ("id", "model", "results", "usage", "attention_layers", "attention_heads", "attention_reduce_heads", "attention_rollout", "attention_rows", "attention_block")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_HEADS_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_REDUCE_HEADS_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_ROWS_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_BLOCK_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    model: str
+    results: _containers.RepeatedCompositeFieldContainer[RerankResult]
+    usage: Usage
+    attention_layers: _containers.RepeatedScalarFieldContainer[int]
+    attention_heads: _containers.RepeatedScalarFieldContainer[int]
+    attention_reduce_heads: HeadReduction
+    attention_rollout: bool
+    attention_rows: _containers.RepeatedScalarFieldContainer[int]
+    attention_block: AttentionBlock
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., results: _Optional[_Iterable[_Union[RerankResult, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., attention_layers: _Optional[_Iterable[int]] = ..., attention_heads: _Optional[_Iterable[int]] = ..., attention_reduce_heads: _Optional[_Union[HeadReduction, str]] = ..., attention_rollout: _Optional[bool] = ..., attention_rows: _Optional[_Iterable[int]] = ..., attention_block: _Optional[_Union[AttentionBlock, str]] = ...) -> None: ...
+
+class PredictInput(_message.Message):
+    __slots__ = ("text", "text_pair")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TEXT_PAIR_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    text_pair: str
+    def __init__(self, text: _Optional[str] = ..., text_pair: _Optional[str] = ...) -> None: ...
+
+class PredictRequest(_message.Message):
+    __slots__ = ("id", "model", "inputs", "raw_scores", "truncate", "top_k")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    RAW_SCORES_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    model: str
+    inputs: _containers.RepeatedCompositeFieldContainer[PredictInput]
+    raw_scores: bool
+    truncate: bool
+    top_k: int
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[PredictInput, _Mapping]]] = ..., raw_scores: _Optional[bool] = ..., truncate: _Optional[bool] = ..., top_k: _Optional[int] = ...) -> None: ...
+
+class LabelScore(_message.Message):
+    __slots__ = ("label", "score")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    score: float
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class Prediction(_message.Message):
+    __slots__ = ("labels",)
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    labels: _containers.RepeatedCompositeFieldContainer[LabelScore]
+    def __init__(self, labels: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ...) -> None: ...
+
+class PredictResponse(_message.Message):
+    __slots__ = ("id", "model", "predictions", "usage")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    model: str
+    predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
+    usage: Usage
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...

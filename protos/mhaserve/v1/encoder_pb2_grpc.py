@@ -56,6 +56,16 @@ class EncoderStub:
                 request_serializer=protos_dot_mhaserve_dot_v1_dot_encoder__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=protos_dot_mhaserve_dot_v1_dot_encoder__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.Rerank = channel.unary_unary(
+                '/mhaserve.v1.Encoder/Rerank',
+                request_serializer=protos_dot_mhaserve_dot_v1_dot_encoder__pb2.RerankRequest.SerializeToString,
+                response_deserializer=protos_dot_mhaserve_dot_v1_dot_encoder__pb2.RerankResponse.FromString,
+                _registered_method=True)
+        self.Predict = channel.unary_unary(
+                '/mhaserve.v1.Encoder/Predict',
+                request_serializer=protos_dot_mhaserve_dot_v1_dot_encoder__pb2.PredictRequest.SerializeToString,
+                response_deserializer=protos_dot_mhaserve_dot_v1_dot_encoder__pb2.PredictResponse.FromString,
+                _registered_method=True)
 
 
 class EncoderServicer:
@@ -93,6 +103,23 @@ class EncoderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rerank(self, request, context):
+        """Scores every document against the query with a rerank model (a cross-encoder): each
+        (query, document) pair is read as one sequence. Results come best first. Asking a model
+        whose task is not rerank is INVALID_ARGUMENT, naming its task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Predict(self, request, context):
+        """Classifies texts or pairs with a cross-encoder (task classify, or rerank's one label):
+        every label's score per input, best first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EncoderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +142,16 @@ def add_EncoderServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=protos_dot_mhaserve_dot_v1_dot_encoder__pb2.GetModelInfoRequest.FromString,
                     response_serializer=protos_dot_mhaserve_dot_v1_dot_encoder__pb2.ModelInfo.SerializeToString,
+            ),
+            'Rerank': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rerank,
+                    request_deserializer=protos_dot_mhaserve_dot_v1_dot_encoder__pb2.RerankRequest.FromString,
+                    response_serializer=protos_dot_mhaserve_dot_v1_dot_encoder__pb2.RerankResponse.SerializeToString,
+            ),
+            'Predict': grpc.unary_unary_rpc_method_handler(
+                    servicer.Predict,
+                    request_deserializer=protos_dot_mhaserve_dot_v1_dot_encoder__pb2.PredictRequest.FromString,
+                    response_serializer=protos_dot_mhaserve_dot_v1_dot_encoder__pb2.PredictResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -227,6 +264,60 @@ class Encoder:
             '/mhaserve.v1.Encoder/GetModelInfo',
             protos_dot_mhaserve_dot_v1_dot_encoder__pb2.GetModelInfoRequest.SerializeToString,
             protos_dot_mhaserve_dot_v1_dot_encoder__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rerank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mhaserve.v1.Encoder/Rerank',
+            protos_dot_mhaserve_dot_v1_dot_encoder__pb2.RerankRequest.SerializeToString,
+            protos_dot_mhaserve_dot_v1_dot_encoder__pb2.RerankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Predict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mhaserve.v1.Encoder/Predict',
+            protos_dot_mhaserve_dot_v1_dot_encoder__pb2.PredictRequest.SerializeToString,
+            protos_dot_mhaserve_dot_v1_dot_encoder__pb2.PredictResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import Response
 
+from service.http.data_routes import EMBED
 from service.http.deps import Authorized, ModelsDep
 from service.http.edge import DATA_ROUTE_ERRORS, embed_until_disconnected, error_responses, json_response
 from service.http.schemas import (
@@ -25,7 +26,7 @@ from service.types import TokenizeRequest
 router = APIRouter(tags=["embeddings"])
 
 
-@router.post("/v1/embed", response_model=EmbedResponse, responses=error_responses(404, *DATA_ROUTE_ERRORS))
+@router.post(EMBED.path, response_model=EmbedResponse, responses=error_responses(404, *DATA_ROUTE_ERRORS))
 async def embed(
     body: Annotated[EmbedBody, Body(openapi_examples=EMBED_EXAMPLES)],
     request: Request,

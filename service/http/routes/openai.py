@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.errors import InvalidRequest
+from service.http.data_routes import EMBEDDINGS
 from service.http.deps import Authorized, ModelsDep
 from service.http.edge import DATA_ROUTE_ERRORS, embed_until_disconnected, error_responses, json_response
 from service.http.schemas import (
@@ -21,7 +22,7 @@ router = APIRouter(tags=["embeddings"])
 
 
 @router.post(
-    "/v1/embeddings", response_model=OpenAIEmbeddingsResponse, responses=error_responses(404, *DATA_ROUTE_ERRORS)
+    EMBEDDINGS.path, response_model=OpenAIEmbeddingsResponse, responses=error_responses(404, *DATA_ROUTE_ERRORS)
 )
 async def openai_embeddings(body: OpenAIEmbeddingsBody, request: Request, models: ModelsDep, _: Authorized) -> Response:
     """`model` picks a served model (absent: the first); `dimensions` is a Matryoshka truncation

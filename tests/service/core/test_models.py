@@ -12,7 +12,7 @@ from service.config import load_settings
 from service.core.engine import Engine
 from service.core.health import Status
 from service.core.models import Models
-from service.errors import NotFound
+from service.errors import NotFound, Overloaded
 from service.metrics import Metrics
 from service.types import EmbedRequest, TokenizeRequest
 
@@ -62,7 +62,7 @@ def test_ready_only_when_every_model_is_and_names_must_differ():
         served("twin", "twin")
 
 
-def test_before_parsing_a_request_is_refused_only_when_no_model_could_queue_it():
+def test_each_model_admits_or_refuses_by_its_own_queue():
     async def scenario():
         models, _ = served("busy", "idle", inference_workers=1, max_queue_tokens=8)
         await models.start()
@@ -70,9 +70,13 @@ def test_before_parsing_a_request_is_refused_only_when_no_model_could_queue_it()
         await asyncio.sleep(0.05)
         filler = asyncio.create_task(models.embed(EmbedRequest(inputs=("a quick brown fox jumps",), model="busy")))
         await asyncio.sleep(0.05)
-        seen = (models.clearly_full("busy"), models.clearly_full("idle"), models.clearly_full())
+        decisions = [models.try_admit(name, ["the man"]) for name in ("busy", "idle", None)]
+        seen = tuple(isinstance(decision, Overloaded) for decision in decisions)
+        for decision in decisions:
+            if not isinstance(decision, Overloaded):
+                decision.release()
         await asyncio.gather(blocker, filler)
         await models.stop(1.0)
         return seen
 
-    assert asyncio.run(scenario()) == (True, False, False)
+    assert asyncio.run(scenario()) == (True, False, True)  # None: the default model, "busy"

@@ -45,7 +45,14 @@ def test_reflection_lists_and_describes_the_services(channel):
     } <= services
     pool = descriptor_pool.DescriptorPool(database)  # private: reflection alone, not our stubs
     encoder = pool.FindServiceByName("mhaserve.v1.Encoder")
-    assert {m.name for m in encoder.methods} == {"Embed", "EmbedStream", "Tokenize", "GetModelInfo"}
+    assert {m.name for m in encoder.methods} == {
+        "Embed",
+        "EmbedStream",
+        "Tokenize",
+        "GetModelInfo",
+        "Rerank",
+        "Predict",
+    }
     kserve = pool.FindServiceByName("inference.GRPCInferenceService")
     assert "ModelInfer" in {m.name for m in kserve.methods}
 
