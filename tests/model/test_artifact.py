@@ -8,11 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
 from artifact.manifest import FAST, FAST_FP16, Artifact, ArtifactError
-from model.evaluate import evaluate
+from model.evaluate import OrtEmbedder, evaluate
 from tests.support.server import ARTIFACT, REPO
 
 SMALL_FILES = ("manifest.json", "tokenizer.json")
@@ -67,6 +68,15 @@ def test_figure_meets_its_bound(figures, name):
 
 def test_published_sts_score_is_reproduced(figures):
     assert abs(figures["sts-test Spearman x100 (fp32)"].value - 82.03) <= 0.05
+
+
+def test_an_embedder_that_remembers_answers_as_one_that_computes(artifact):
+    texts = ["A man is playing a guitar.", "A cat sleeps.", "Attention is all you need."]
+    remembering = OrtEmbedder.for_artifact(artifact, remember=True)
+    first = remembering.embed(texts)
+    first[0] = 0.0  # the caller's copy: what is remembered stays as computed
+    np.testing.assert_array_equal(remembering.embed(texts), OrtEmbedder.for_artifact(artifact).embed(texts))
+    np.testing.assert_allclose(remembering.embed(texts, batch_size=1), remembering.embed(texts), atol=1e-5)
 
 
 def test_manifest_describes_every_graph(artifact):
