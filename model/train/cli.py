@@ -1,4 +1,4 @@
-"""python -m model train {finetune,pretrain}: flags derived from the config fields, and back.
+"""python -m model train {finetune,distill,pretrain}: flags derived from the config fields, and back.
 
 Each flag is declared once, as the `flag` metadata of a config field (model/train/config.py); here
 `add_arguments` turns those fields into argparse arguments (type, choices, default and
@@ -15,19 +15,24 @@ import types
 from dataclasses import MISSING, Field, dataclass, fields
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from model.train.config import FinetuneConfig, JobConfig, PretrainConfig, TrainConfig
+from model.train.config import DistillConfig, FinetuneConfig, JobConfig, PretrainConfig, TrainConfig
 
 
 @dataclass(frozen=True)
 class JobSpec:
     help: str
-    config: type[FinetuneConfig] | type[PretrainConfig]
+    config: type[FinetuneConfig] | type[DistillConfig] | type[PretrainConfig]
     defaults: dict[str, Any]  # this job's defaults for TrainConfig's required flags
 
 
 JOBS = {
     "finetune": JobSpec(
         "adapt a pretrained encoder to sentence pairs", FinetuneConfig, {"epochs": 4, "batch_size": 16, "lr": 2e-5}
+    ),
+    "distill": JobSpec(
+        "train a smaller student, made of the teacher's layers, to reproduce the teacher's vectors",
+        DistillConfig,
+        {"epochs": 4, "batch_size": 32, "lr": 1e-4},
     ),
     "pretrain": JobSpec(
         "train a WordPiece tokenizer and an encoder from scratch with MLM",
@@ -38,7 +43,7 @@ JOBS = {
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
-    train = sub.add_parser("train", help="fine-tune or pre-train an encoder, then export it as an artifact")
+    train = sub.add_parser("train", help="fine-tune, distill or pre-train an encoder, then export it as an artifact")
     jobs = train.add_subparsers(dest="job", required=True)
     for name, spec in JOBS.items():
         parser = jobs.add_parser(name, help=spec.help)
@@ -106,14 +111,15 @@ def from_args(config: type, args: argparse.Namespace) -> Any:
 def run_from_args(args: argparse.Namespace) -> int:
     import torch
 
-    from model.train.jobs import finetune, pretrain
+    from model.train.jobs import distill, finetune, pretrain
 
     config = from_args(TrainConfig, args)
     job = from_args(JobConfig, args)
     data = from_args(JOBS[args.job].config, args)
     started, threads = time.monotonic(), torch.get_num_threads()
     try:
-        provenance = finetune(config, data, job) if isinstance(data, FinetuneConfig) else pretrain(config, data, job)
+        run = {FinetuneConfig: finetune, DistillConfig: distill, PretrainConfig: pretrain}[type(data)]
+        provenance = run(config, data, job)
     except KeyboardInterrupt:
         print(
             f"interrupted: rerun with --resume to continue from the last checkpoint in {job.run_path}", file=sys.stderr
