@@ -150,7 +150,7 @@ distill: export OMP_WAIT_POLICY := PASSIVE
 distill: $(if $(wildcard artifacts/$(TEACHER)/manifest.json),,artifacts/$(TEACHER)/manifest.json) | $(VENV)/.installed
 	$(PY) -m model train distill --teacher artifacts/$(TEACHER) --train $(STSB_DIR)/sts-train.csv \
 	  --dev $(STSB_DIR)/sts-dev.csv --test $(STSB_DIR)/sts-test.csv --out artifacts/$(TEACHER)-student \
-	  --name $(TEACHER)-student --layers $(STUDENT_LAYERS) --epochs 4 --batch-size 32 --lr 1e-4 \
+	  --name $(TEACHER)-student --layers $(STUDENT_LAYERS) --epochs 2 --batch-size 32 --lr 1e-4 \
 	  --max-len 128 --threads 2 --resume
 
 test: model system-deps

@@ -32,7 +32,7 @@ JOBS = {
     "distill": JobSpec(
         "train a smaller student, made of the teacher's layers, to reproduce the teacher's vectors",
         DistillConfig,
-        {"epochs": 4, "batch_size": 32, "lr": 1e-4},
+        {"epochs": 2, "batch_size": 32, "lr": 1e-4},
     ),
     "pretrain": JobSpec(
         "train a WordPiece tokenizer and an encoder from scratch with MLM",

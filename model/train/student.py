@@ -14,7 +14,7 @@ from model.errors import ModelError
 
 
 def kept_layers(teacher_layers: int, student_layers: int) -> list[int]:
-    """Evenly spaced teacher layers, the first and the last always among them: 6 -> 3 keeps 0, 2, 5."""
+    """Evenly spaced teacher layers, the first and the last always among them: 6 -> 3 keeps 0, 3, 5."""
     if not 1 <= student_layers < teacher_layers:
         raise ModelError(f"--layers must be between 1 and {teacher_layers - 1} (the teacher has {teacher_layers})")
     if student_layers == 1:
