@@ -79,12 +79,12 @@ def test_the_outlier_ffn_is_found_kept_in_fp32_and_the_gate_passes(teacher, toke
 
     errors = matmul_errors(fast, batches)
     assert errors[0].node == "/encoder/layers.1/feed_forward/W_2/MatMul"
-    assert errors[0].outlier_ratio > 20 and errors[0].channel_error > 3 * errors[1].channel_error
+    assert errors[0].outlier_ratio > 20 and errors[0].channel_error > 2 * errors[1].channel_error
     assert errors[0].activation_error > errors[0].weight_error  # the input's one scale, not the weights
 
     quantize_int8(fast, tmp_path / "whole.onnx")
     drift = dict((name, mean) for name, mean, _ in layer_drift(fast, tmp_path / "whole.onnx", batches))
-    assert drift["/encoder/layers.1/output_norm/LayerNormalization_output_0"] < 0.98  # the error enters here
+    assert drift["last_hidden_state"] < 0.98  # layer 1's FFN output, after its LayerNorm: the error enters here
     assert drift["/encoder/layers.1/attention_norm/LayerNormalization_output_0"] > 0.99  # and not before
 
     choice = choose_int8(fast, tmp_path / "int8.onnx", tokenizer, calibration_sentences())
