@@ -94,8 +94,10 @@ def main() -> int:
     served: dict[tuple[str, str], tuple[np.ndarray, float, float]] = {}
     for precision in precisions:
         # both in one process: the student serves beside its teacher
+        # a closed-loop throughput measurement, not an overload one: no request is refused for waiting
         server = launch("--model-dir", str(artifacts[names[0]].directory), "--precision", precision,
-                        "--max-queue-wait-s", "10", model_dir=artifacts[names[1]].directory)  # fmt: skip
+                        "--max-queue-wait-s", "0", "--request-timeout-s", "600",
+                        model_dir=artifacts[names[1]].directory)  # fmt: skip
         try:
             for name in names:
                 served[name, precision] = served_figures(server, name, pairs, texts)
