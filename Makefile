@@ -147,6 +147,21 @@ finetune-cross-stsb: $(VENV)/.installed
 	$(PY) -m model train finetune-cross --train $(STSB_DIR)/sts-train.csv --dev $(STSB_DIR)/sts-dev.csv \
 	  --test $(STSB_DIR)/sts-test.csv --out $(ARTIFACT)-cross-stsb --name $(MODEL_NAME)-cross-stsb \
 	  --both-orders --epochs 2 --batch-size 16 --lr 3e-5 --max-len 128 --threads 1 --resume
+# Distil TEACHER (an artifact under artifacts/, default all-minilm-l6-v2; all-minilm-l6-v2-stsb after
+# `make finetune-stsb`) into artifacts/TEACHER-student: the teacher's width, STUDENT_LAYERS of its
+# layers (the first and the last), trained to the teacher's served vectors of the sts-train
+# sentences plus CoSENT on their scores; the best epoch on sts-dev is kept, sts-test reported once.
+# The teacher is built if missing, never rebuilt. --resume: an interrupted run continues.
+TEACHER ?= all-minilm-l6-v2
+STUDENT_LAYERS ?= 2
+.PHONY: distill
+distill: export STSB_DIR := $(STSB_DIR)
+distill: export OMP_WAIT_POLICY := PASSIVE
+distill: $(if $(wildcard artifacts/$(TEACHER)/manifest.json),,artifacts/$(TEACHER)/manifest.json) | $(VENV)/.installed
+	$(PY) -m model train distill --teacher artifacts/$(TEACHER) --train $(STSB_DIR)/sts-train.csv \
+	  --dev $(STSB_DIR)/sts-dev.csv --test $(STSB_DIR)/sts-test.csv --out artifacts/$(TEACHER)-student \
+	  --name $(TEACHER)-student --layers $(STUDENT_LAYERS) --epochs 2 --batch-size 32 --lr 1e-4 \
+	  --max-len 128 --threads 2 --resume
 
 test: model system-deps
 	$(PY) -m ruff check .

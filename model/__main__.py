@@ -1,4 +1,4 @@
-"""python -m model {export,eval,sample,train}: build, check and train encoder artifacts."""
+"""python -m model {export,eval,int8-report,sample,train}: build, check and train encoder artifacts."""
 
 from __future__ import annotations
 
@@ -106,6 +106,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0 if all(c.passed for c in checks) else 1
 
 
+def cmd_int8_report(args: argparse.Namespace) -> None:
+    """Where int8 loses accuracy: each MatMul's error, then the hidden states' drift layer by layer."""
+    import tempfile
+
+    from tokenizers import Tokenizer
+
+    from artifact.manifest import FAST, Artifact
+    from model.data import read_sts, sts_dir, unique_sentences
+    from model.quantize import layer_drift, matmul_errors, quantize_int8, token_batches
+
+    artifact = Artifact.load(Path(args.directory))
+    fast = artifact.graph_path(FAST)
+    tokenizer = Tokenizer.from_file(str(artifact.tokenizer_path))
+    dev = unique_sentences(read_sts(sts_dir() / "sts-dev.csv"))[: args.sentences]
+    batches = token_batches(tokenizer, dev)
+    print(f"{artifact.manifest.name}: {len(dev)} sts-dev sentences, each weight MatMul alone quantized, worst first")
+    print(f"| {'MatMul':<48} | channel error | error | activation | weight | max abs x / p99.9 |")
+    print(f"|{'-' * 50}|---:|---:|---:|---:|---:|")
+    for e in matmul_errors(fast, batches)[: args.top]:
+        print(f"| {e.node:<48} | {e.channel_error:.4f} | {e.error:.4f} | {e.activation_error:.4f} | "
+              f"{e.weight_error:.4f} | {e.outlier_ratio:.1f} |")  # fmt: skip
+    with tempfile.TemporaryDirectory() as scratch:
+        whole = Path(scratch) / "int8.onnx"
+        quantize_int8(fast, whole, tuple(args.exclude or ()))
+        kept = f", {len(args.exclude)} MatMuls kept fp32" if args.exclude else ""
+        print(f"\nint8 graph (every weight MatMul{kept}) against fp32, per real token: cosine mean / min")
+        for name, mean, low in layer_drift(fast, whole, batches):
+            print(f"  {name:<64} {mean:.4f} / {low:.4f}")
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     """Embed one sentence through onnxruntime: what the artifact serves, no server needed."""
     import numpy as np
@@ -150,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("directory")
     evaluate.add_argument("--no-torch", action="store_true", help="skip the torch parity figures")
     evaluate.set_defaults(run=cmd_eval)
+
+    int8 = sub.add_parser("int8-report", help="print where int8 loses accuracy, node by node and layer by layer")
+    int8.add_argument("directory")
+    int8.add_argument("--sentences", type=int, default=128, help="sts-dev sentences measured on")
+    int8.add_argument("--top", type=int, default=12, help="MatMuls listed")
+    int8.add_argument("--exclude", nargs="+", help="MatMuls to keep fp32 in the compared int8 graph")
+    int8.set_defaults(run=cmd_int8_report)
 
     sample = sub.add_parser("sample", help="print the embedding of one sentence via onnxruntime")
     sample.add_argument("directory", nargs="?", default=str(DEFAULT_OUT))

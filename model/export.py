@@ -6,7 +6,8 @@ Graphs written:
 - attention.onnx  fp32, hidden states and every layer's attention probabilities (attention
                   fusion disabled: fused kernels never expose the softmax);
 - fast.fp16.onnx  the fast graph in fp16 with fp32 inputs/outputs, for CUDA;
-- fast.int8.onnx  dynamically quantized for the CPU, written only if it passes its quality gate.
+- fast.int8.onnx  dynamically quantized for the CPU (model/quantize.py chooses which MatMuls stay
+                  fp32, from sts-train sentences), written only if it passes its quality gate.
 
 A sentence-transformers model's Dense layers (after pooling) are written as .npy files the
 server applies in numpy; an embedder's graphs always output the encoder's own token embeddings.
@@ -34,7 +35,6 @@ import numpy as np
 import onnx
 import onnxruntime
 import torch
-from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers import optimizer
 from onnxruntime.transformers.fusion_options import FusionOptions
 
@@ -61,9 +61,10 @@ from artifact.manifest import (
 )
 from model.config import EncoderConfig
 from model.cross_encoder import CrossEncoder
-from model.data import sts_dir
+from model.data import read_sts, sts_dir, unique_sentences
 from model.encoder import Encoder
 from model.errors import ModelError
+from model.quantize import choose_int8, quantize_int8
 from model.sentence_transformers import DenseLayer
 from model.tokenizer import load_tokenizer, lower_case_first
 
@@ -192,18 +193,11 @@ def optimize(raw: Path, out: Path, config: EncoderConfig, fuse_attention: bool):
     return model, fusions
 
 
-def quantize_int8(fast: Path, out: Path) -> None:
-    """Dynamic int8 for the CPU. Per-channel weights with reduce_range (safe without VNNI)."""
-    quantize_dynamic(
-        str(fast),
-        str(out),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        reduce_range=True,
-        op_types_to_quantize=["MatMul", "Attention"],
-        # fused com.microsoft ops defeat ONNX shape inference; their tensors are float
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+CALIBRATION_SENTENCES = 512  # sts-train sentences int8's choice is measured on (the gate reads dev and test)
+
+
+def calibration_sentences() -> list[str]:
+    return unique_sentences(read_sts(sts_dir() / "sts-train.csv"))[:CALIBRATION_SENTENCES]
 
 
 def write_dense(layers: tuple[DenseLayer, ...], work: Path) -> tuple[DenseSpec, ...]:
@@ -263,13 +257,19 @@ def export_artifact(encoder: Encoder, tokenizer_json: Path, out_dir: Path, optio
             FAST_FP16: GraphSpec(GRAPH_FILES[FAST_FP16], "fp16", *io, fusions=fast_fusions),
         }
         quality: dict = {}
-        if options.int8 and not (sts_dir() / "sts-dev.csv").is_file():
+        needed = [sts_dir() / f"sts-{split}.csv" for split in ("train", "dev", "test")]
+        if options.int8 and not all(path.is_file() for path in needed):
             log.warning("int8 graph left out: its quality gate needs the STS Benchmark (set STSB_DIR)")
             quality["int8_gate"] = {"passed": False, "skipped": f"no STS Benchmark at {sts_dir()}"}
         elif options.int8:
-            quantize_int8(work / GRAPH_FILES[FAST], work / GRAPH_FILES[FAST_INT8])
             head = (options.pooling, tuple(layer.dense for layer in options.dense))
-            gate = int8_gate(work / GRAPH_FILES[FAST], work / GRAPH_FILES[FAST_INT8], work / TOKENIZER_FILE, *head)
+            fast, int8 = work / GRAPH_FILES[FAST], work / GRAPH_FILES[FAST_INT8]
+            choice = choose_int8(fast, int8, tokenizer, calibration_sentences(), *head)
+            if choice.holds:
+                gate = int8_gate(fast, int8, work / TOKENIZER_FILE, *head)
+            else:  # the gate's own bounds already missed on calibration text: no point measuring dev and test
+                gate = {"passed": False, "reason": "cosine to fp32 below the gate's bounds on calibration sentences"}
+            gate["quantization"] = choice.to_dict()
             quality["int8_gate"] = gate
             if gate["passed"]:
                 graphs[FAST_INT8] = GraphSpec(GRAPH_FILES[FAST_INT8], "int8", *io)

@@ -1,4 +1,4 @@
-"""python -m model train {finetune,finetune-cross,pretrain}: flags derived from the config fields, and back.
+"""python -m model train {finetune,finetune-cross,distill,pretrain}: flags derived from the config fields, and back.
 
 Each flag is declared once, as the `flag` metadata of a config field (model/train/config.py); here
 `add_arguments` turns those fields into argparse arguments (type, choices, default and
@@ -15,13 +15,20 @@ import types
 from dataclasses import MISSING, Field, dataclass, fields
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from model.train.config import CrossFinetuneConfig, FinetuneConfig, JobConfig, PretrainConfig, TrainConfig
+from model.train.config import (
+    CrossFinetuneConfig,
+    DistillConfig,
+    FinetuneConfig,
+    JobConfig,
+    PretrainConfig,
+    TrainConfig,
+)
 
 
 @dataclass(frozen=True)
 class JobSpec:
     help: str
-    config: type[FinetuneConfig] | type[CrossFinetuneConfig] | type[PretrainConfig]
+    config: type[FinetuneConfig] | type[CrossFinetuneConfig] | type[DistillConfig] | type[PretrainConfig]
     defaults: dict[str, Any]  # this job's defaults for TrainConfig's required flags
 
 
@@ -34,6 +41,11 @@ JOBS = {
         CrossFinetuneConfig,
         {"epochs": 4, "batch_size": 16, "lr": 2e-5},
     ),
+    "distill": JobSpec(
+        "train a smaller student, made of the teacher's layers, to reproduce the teacher's vectors",
+        DistillConfig,
+        {"epochs": 2, "batch_size": 32, "lr": 1e-4},
+    ),
     "pretrain": JobSpec(
         "train a WordPiece tokenizer and an encoder from scratch with MLM",
         PretrainConfig,
@@ -43,7 +55,7 @@ JOBS = {
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
-    train = sub.add_parser("train", help="fine-tune or pre-train an encoder, then export it as an artifact")
+    train = sub.add_parser("train", help="fine-tune, distill or pre-train a model, then export it as an artifact")
     jobs = train.add_subparsers(dest="job", required=True)
     for name, spec in JOBS.items():
         parser = jobs.add_parser(name, help=spec.help)
@@ -111,14 +123,15 @@ def from_args(config: type, args: argparse.Namespace) -> Any:
 def run_from_args(args: argparse.Namespace) -> int:
     import torch
 
-    from model.train.jobs import finetune, finetune_cross, pretrain
+    from model.train.jobs import distill, finetune, finetune_cross, pretrain
 
     config = from_args(TrainConfig, args)
     job = from_args(JobConfig, args)
     data = from_args(JOBS[args.job].config, args)
     started, threads = time.monotonic(), torch.get_num_threads()
     try:
-        run = {"finetune": finetune, "finetune-cross": finetune_cross, "pretrain": pretrain}[args.job]
+        jobs = {"finetune": finetune, "finetune-cross": finetune_cross, "distill": distill, "pretrain": pretrain}
+        run = jobs[args.job]
         provenance = run(config, data, job)
     except KeyboardInterrupt:
         print(

@@ -118,6 +118,40 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DistillConfig:
+    teacher: Path = field(
+        metadata=flag("the teacher's artifact: its served vectors are the targets, its layers the student's start")
+    )
+    train_file: Path = field(
+        metadata=flag(
+            "scored pairs (sts format): their sentences are distilled on, their scores feed CoSENT", name="--train"
+        )
+    )
+    dev_file: Path | None = field(
+        default=None,
+        metadata=flag("scored pairs (sts format) evaluated each epoch; the best epoch is kept", name="--dev"),
+    )
+    test_file: Path | None = field(
+        default=None,
+        metadata=flag("scored pairs (sts format) reported once for the kept epoch, never selected on", name="--test"),
+    )
+    n_layers: int = field(default=3, metadata=flag("student layers, spread evenly over the teacher's", name="--layers"))
+    cosent_weight: float = field(
+        default=1.0, metadata=flag("weight of CoSENT on the train scores beside the distance to the teacher (0: none)")
+    )
+    score_range: tuple[float, float] = field(
+        default=(0.0, 5.0),
+        metadata=flag("the gold scores' range; a row outside it is refused", metavar=("MIN", "MAX")),
+    )
+
+    def __post_init__(self) -> None:
+        if self.n_layers < 1:
+            raise ModelError(f"--layers must be positive, got {self.n_layers}")
+        if self.cosent_weight < 0:
+            raise ModelError(f"--cosent-weight must not be negative, got {self.cosent_weight}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class CrossFinetuneConfig:
     """A cross-encoder (model/cross_encoder.py) trained on scored pairs read together."""
 

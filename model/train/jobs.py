@@ -1,9 +1,10 @@
 """The jobs, end to end: read and check the data, build the task, fit, export the best epoch.
 
 finetune adapts a pretrained encoder to sentence pairs; finetune_cross trains a cross-encoder
-(the encoder plus a pooler and classifier) on scored pairs read together; pretrain trains a
-WordPiece tokenizer and an encoder from scratch with masked-LM. Each returns the provenance its
-artifact records.
+(the encoder plus a pooler and classifier) on scored pairs read together; distill trains a
+smaller student, made of a teacher's layers, to reproduce the teacher's served vectors;
+pretrain trains a WordPiece tokenizer and an encoder from scratch with masked-LM. Each returns
+the provenance its artifact records.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from artifact.manifest import Artifact, sha256_of
+from artifact.manifest import FAST, Artifact, sha256_of
 from model.config import EncoderConfig
 from model.cross_encoder import (
     CrossEncoder,
@@ -24,13 +25,29 @@ from model.cross_encoder import (
     is_cross_encoder_dir,
     load_cross_encoder,
 )
+from model.data import unique_sentences
 from model.encoder import Encoder
 from model.errors import ModelError
 from model.export import ExportOptions, export_artifact, export_cross_encoder
 from model.tokenizer import checkpoint_max_len, load_tokenizer, train_wordpiece
-from model.train.config import CrossFinetuneConfig, FinetuneConfig, JobConfig, PretrainConfig, TrainConfig
+from model.train.config import (
+    CrossFinetuneConfig,
+    DistillConfig,
+    FinetuneConfig,
+    JobConfig,
+    PretrainConfig,
+    TrainConfig,
+)
 from model.train.data import describe, read_corpus, read_pairs, read_scored
-from model.train.tasks import CrossPairTask, MaskedLMTask, PairTask, cross_sts_spearman, sts_spearman
+from model.train.student import kept_layers, student_of
+from model.train.tasks import (
+    CrossPairTask,
+    DistillTask,
+    MaskedLMTask,
+    PairTask,
+    cross_sts_spearman,
+    sts_spearman,
+)
 from model.train.trainer import Progress, Trainer, pick_device
 from model.weights import (
     DEFAULT_SOURCE,
@@ -60,21 +77,33 @@ def prepare(config: TrainConfig, job: JobConfig) -> torch.device:
 def resolve_base(data: FinetuneConfig) -> tuple[Path, Path, int | None, dict]:
     """The checkpoint to start from, its tokenizer, the artifact's max_len if any, and its provenance."""
     if data.artifact:
-        artifact = Artifact.load(data.artifact)
-        checkpoint = Path(artifact.manifest.provenance.get("checkpoint", ""))
-        if not (checkpoint / NATIVE_CONFIG).exists() and not (checkpoint / "config.json").exists():
-            raise ModelError(f"{data.artifact}: its source checkpoint {str(checkpoint)!r} is not on this machine")
-        manifest = artifact.manifest
-        base = {"artifact": str(Path(data.artifact).resolve()), "name": manifest.name, "version": manifest.version}
-        base.update({k: v for k, v in manifest.provenance.items() if k in ("source", "base_model")})
-        tokenizer_json, max_len = artifact.tokenizer_path, manifest.max_len
+        return artifact_base(Path(data.artifact))
     else:
         checkpoint = Path(data.checkpoint) if data.checkpoint else default_checkpoint_dir()
         base = {} if data.checkpoint else {"source": DEFAULT_SOURCE}
         tokenizer_json, max_len = checkpoint / "tokenizer.json", None
+    return checkpoint, tokenizer_json, max_len, with_weights(base, checkpoint)
+
+
+def artifact_base(directory: Path) -> tuple[Path, Path, int, dict]:
+    """An artifact's source checkpoint, its tokenizer, its max_len, and what provenance records of it."""
+    artifact = Artifact.load(directory)
+    checkpoint = Path(artifact.manifest.provenance.get("checkpoint", ""))
+    if not (checkpoint / NATIVE_CONFIG).exists() and not (checkpoint / "config.json").exists():
+        raise ModelError(f"{directory}: its source checkpoint {str(checkpoint)!r} is not on this machine")
+    manifest = artifact.manifest
+    base = {"artifact": str(Path(directory).resolve()), "name": manifest.name, "version": manifest.version}
+    base.update({k: v for k, v in manifest.provenance.items() if k in ("source", "base_model")})
+    return checkpoint, artifact.tokenizer_path, manifest.max_len, with_weights(base, checkpoint)
+
+
+def with_weights(base: dict, checkpoint: Path) -> dict:
     weights = checkpoint / (NATIVE_WEIGHTS if (checkpoint / NATIVE_CONFIG).exists() else "model.safetensors")
-    base.update(checkpoint=str(checkpoint.resolve()), weights_sha256=sha256_of(weights) if weights.is_file() else None)
-    return checkpoint, tokenizer_json, max_len, base
+    return {
+        **base,
+        "checkpoint": str(checkpoint.resolve()),
+        "weights_sha256": sha256_of(weights) if weights.is_file() else None,
+    }
 
 
 def finetune(config: TrainConfig, data: FinetuneConfig, job: JobConfig) -> dict:
@@ -143,6 +172,87 @@ def finetune(config: TrainConfig, data: FinetuneConfig, job: JobConfig) -> dict:
     if test is not None:
         scores["test_spearman"] = round(sts_spearman(best, eval_tokenizer, test, device), 3)
     provenance = run_provenance("finetune", trainer, files, hyperparameters, scores, started, device, base_model=base)
+    log.info("selected epoch %s: %s", progress.best_epoch, scores)
+    export(best, trainer.best_dir / "tokenizer.json", job, export_max_len, provenance)
+    return provenance
+
+
+def distill(config: TrainConfig, data: DistillConfig, job: JobConfig) -> dict:
+    """Train a student of the teacher's width and fewer of its layers on the teacher's served vectors."""
+    from model.evaluate import OrtEmbedder  # onnxruntime: the teacher's vectors are the ones it serves
+
+    started = time.monotonic()
+    low, high = data.score_range
+    if low >= high:
+        raise ModelError(f"--score-range: minimum {low} must be below maximum {high}")
+    pairs = read_scored(data.train_file, data.score_range)
+    files = {"train": describe(data.train_file, len(pairs))}
+    dev = test = None
+    if data.dev_file:
+        dev = read_scored(data.dev_file, data.score_range)
+        files["dev"] = describe(data.dev_file, len(dev))
+    if data.test_file:
+        test = read_scored(data.test_file, data.score_range)
+        files["test"] = describe(data.test_file, len(test))
+
+    checkpoint, tokenizer_json, export_max_len, teacher_base = artifact_base(Path(data.teacher))
+    teacher_artifact = Artifact.load(data.teacher)
+    manifest = teacher_artifact.manifest
+    if manifest.pooling != "mean" or manifest.dense or not manifest.normalize:
+        raise ModelError(
+            f"{data.teacher}: the student is an encoder served mean-pooled and normalised; this teacher serves "
+            f"pooling {manifest.pooling!r}{' with Dense layers' if manifest.dense else ''}"
+            f"{'' if manifest.normalize else ' without normalising'}: give a mean-pooled teacher"
+        )
+    teacher_base["fast_graph_sha256"] = manifest.files[manifest.graphs[FAST].file]
+
+    device = prepare(config, job)
+    teacher = load_checkpoint(checkpoint)
+    layers = kept_layers(teacher.config.n_layers, data.n_layers)
+    student = student_of(teacher, layers).to(device)
+    del teacher
+    sentences = unique_sentences(pairs)
+    took = time.monotonic()
+    vectors = OrtEmbedder.for_artifact(teacher_artifact, threads=config.threads or 0).embed(sentences)
+    log.info("teacher vectors of %d sentences in %.0f s", len(sentences), time.monotonic() - took)
+    train_max_len = min(config.max_len, export_max_len)
+    eval_tokenizer = load_tokenizer(tokenizer_json, export_max_len)
+    task = DistillTask(
+        student,
+        load_tokenizer(tokenizer_json, train_max_len),
+        eval_tokenizer,
+        pairs,
+        dict(zip(sentences, vectors, strict=True)),
+        data.cosent_weight,
+        data.score_range,
+        dev,
+        device,
+    )
+    hyperparameters = {
+        **config.hyperparameters(),
+        "layers": layers,
+        "cosent_weight": data.cosent_weight,
+        "score_range": list(data.score_range),
+    }
+    fingerprint = {
+        "job": "distill",
+        "teacher": {k: teacher_base[k] for k in ("checkpoint", "weights_sha256", "fast_graph_sha256")},
+        "data": {role: f.sha256 for role, f in files.items() if role != "test"},
+        "hyperparameters": hyperparameters,
+    }
+    trainer = Trainer(task, config, job, fingerprint, tokenizer_json, export_max_len)
+    log.info(
+        "distilling %s (%d layers) into %d of its layers %s on %d pairs, %d steps on %s",
+        data.teacher, manifest.n_layers, len(layers), layers, len(pairs), trainer.total_steps, device,
+    )  # fmt: skip
+    progress = trainer.fit()
+
+    best, scores = best_and_scores(trainer, progress, "dev_spearman", 3, device)
+    if test is not None:
+        scores["test_spearman"] = round(sts_spearman(best, eval_tokenizer, test, device), 3)
+    provenance = run_provenance(
+        "distill", trainer, files, hyperparameters, scores, started, device, teacher=teacher_base
+    )
     log.info("selected epoch %s: %s", progress.best_epoch, scores)
     export(best, trainer.best_dir / "tokenizer.json", job, export_max_len, provenance)
     return provenance

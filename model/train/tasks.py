@@ -27,7 +27,7 @@ from model.encoder import Encoder, mean_pool
 from model.evaluate import spearman
 from model.tokenizer import SPECIAL_TOKENS
 from model.train.heads import MaskedLMHead, mask_tokens
-from model.train.losses import LOSSES
+from model.train.losses import LOSSES, cosent_loss
 from model.train.trainer import Evaluation
 from model.weights import NATIVE_CONFIG, NATIVE_WEIGHTS, save_native
 
@@ -107,6 +107,60 @@ class PairTask:
     def save(self, directory: Path) -> list[str]:
         save_native(self.encoder, directory)
         return [NATIVE_CONFIG, NATIVE_WEIGHTS]
+
+
+class DistillTask:
+    """Sentence pairs -> the student's vectors of both sides -> squared distance to the teacher's
+    vectors (L2-normalised, as served) plus, weighted, CoSENT on the pairs' gold scores.
+
+    ||s - t||^2 of unit vectors is 2 - 2 cos(s, t): the student learns the teacher's directions,
+    which is all that cosine similarity and the served (normalised) vectors depend on.
+    """
+
+    def __init__(
+        self,
+        student: Encoder,
+        train_tokenizer: Tokenizer,
+        eval_tokenizer: Tokenizer,
+        pairs: list[ScoredPair],
+        teacher_vectors: dict[str, np.ndarray],
+        cosent_weight: float,
+        score_range: tuple[float, float],
+        dev: list[ScoredPair] | None,
+        device: torch.device,
+    ):
+        self.encoder, self.eval_tokenizer, self.dev, self.device = student, eval_tokenizer, dev, device
+        self.modules = {"encoder": student}
+        self.cosent_weight = cosent_weight
+        sentences = unique_sentences(pairs)
+        ids = {s: e.ids for s, e in zip(sentences, train_tokenizer.encode_batch(sentences), strict=True)}
+        self.left = [ids[p.sentence1] for p in pairs]
+        self.right = [ids[p.sentence2] for p in pairs]
+        targets = np.stack([teacher_vectors[s] for p in pairs for s in (p.sentence1, p.sentence2)])
+        self.targets = torch.from_numpy(targets.astype(np.float32)).view(len(pairs), 2, -1)  # (N, 2, C)
+        low, high = score_range
+        self.scores = torch.tensor([(p.score - low) / (high - low) for p in pairs], dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.left)
+
+    def loss(self, indices: list[int], step: int) -> tuple[torch.Tensor, int]:
+        B = len(indices)
+        input_ids, attention_mask = to_device(
+            [self.left[i] for i in indices] + [self.right[i] for i in indices], self.device
+        )
+        pooled = mean_pool(self.encoder(input_ids, attention_mask), attention_mask)  # (2B, C)
+        targets = self.targets[indices].to(self.device)  # (B, 2, C)
+        targets = torch.cat([targets[:, 0], targets[:, 1]])  # (2B, C), in pooled's order
+        loss = (F.normalize(pooled, dim=-1) - targets).pow(2).sum(-1).mean()
+        if self.cosent_weight:
+            loss = loss + self.cosent_weight * cosent_loss(pooled[:B], pooled[B:], self.scores[indices].to(self.device))
+        return loss, int(attention_mask.sum())
+
+    def evaluate(self) -> Evaluation | None:
+        if self.dev is None:
+            return None
+        return Evaluation("dev_spearman", sts_spearman(self.encoder, self.eval_tokenizer, self.dev, self.device), True)
 
 
 class MaskedLMTask:

@@ -1,6 +1,6 @@
 """Training jobs on tiny synthetic data: the loss falls, a SIGKILLed run resumes to the same
-result, bad data is refused with file:line, and both jobs' artifacts load, match the torch
-model and are served by the real server."""
+result, bad data is refused with file:line, and every job's artifact loads, matches the torch
+model and is served by the real server."""
 
 from __future__ import annotations
 
@@ -19,12 +19,16 @@ from tokenizers import Tokenizer
 
 from artifact.manifest import ATTENTION, FAST, Artifact, sha256_of
 from model.__main__ import build_parser, main
+from model.config import EncoderConfig
 from model.data import read_sts
+from model.encoder import Encoder
+from model.errors import ModelError
 from model.evaluate import OrtEmbedder
 from model.tokenizer import checkpoint_max_len
 from model.train.cli import from_args
 from model.train.config import FinetuneConfig, JobConfig, PretrainConfig, TrainConfig
 from model.train.losses import cosent_loss, cosine_loss, in_batch_negatives_loss
+from model.train.student import kept_layers, student_of
 from model.train.tasks import embed, sts_spearman
 from model.weights import load_checkpoint
 from tests.support.server import REPO, launch
@@ -99,6 +103,15 @@ def finetune_args(data: dict[str, Path], root: Path, base: Path, *extra: str) ->
     ]  # fmt: skip
 
 
+def distill_args(data: dict[str, Path], root: Path, teacher: Path, *extra: str) -> list[str]:
+    return [
+        "train", "distill", "--teacher", str(teacher), "--train", str(data["train"]), "--dev", str(data["dev"]),
+        "--test", str(data["test"]), "--out", str(root / "artifact"), "--run-dir", str(root / "run"),
+        "--name", "tiny-student", "--layers", "1", "--epochs", "6", "--batch-size", "16", "--lr", "3e-3",
+        "--save-every", "4", "--no-int8", "--threads", str(THREADS), *extra,
+    ]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def pretrained(data, tmp_path_factory) -> Path:
     """A tiny encoder pre-trained from scratch; its directory holds run/ and artifact/."""
@@ -111,6 +124,14 @@ def pretrained(data, tmp_path_factory) -> Path:
 def finetuned(data, pretrained, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("finetune")
     assert main(finetune_args(data, root, pretrained / "artifact")) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def distilled(data, pretrained, tmp_path_factory) -> Path:
+    """A one-layer student of the tiny pre-trained encoder (two layers)."""
+    root = tmp_path_factory.mktemp("distill")
+    assert main(distill_args(data, root, pretrained / "artifact")) == 0
     return root
 
 
@@ -185,6 +206,52 @@ def test_finetune_on_unscored_pairs_with_in_batch_negatives(data, pretrained, tm
     assert Artifact.load(tmp_path / "artifact").manifest.provenance["hyperparameters"]["loss"] == "in-batch"
 
 
+def test_a_student_is_the_teachers_embeddings_and_kept_layers():
+    assert kept_layers(6, 3) == [0, 3, 5] and kept_layers(6, 2) == [0, 5] and kept_layers(6, 1) == [5]
+    assert kept_layers(12, 4) == [0, 4, 7, 11]
+    with pytest.raises(ModelError, match="--layers must be between 1 and 5"):
+        kept_layers(6, 6)
+    torch.manual_seed(0)
+    teacher = Encoder(EncoderConfig(vocab_size=40, d_model=16, n_heads=2, n_layers=4, d_ff=32, max_len=12)).eval()
+    student = student_of(teacher, [0, 3]).eval()
+    assert student.config.n_layers == 2 and teacher.config.n_layers == 4
+    for ours, theirs in ((student.layers[0], teacher.layers[0]), (student.layers[1], teacher.layers[3])):
+        for (name, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items(), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    ids, mask = torch.randint(1, 40, (2, 7)), torch.ones(2, 7, dtype=torch.int64)
+    with torch.no_grad():  # every layer kept: the teacher's function exactly
+        torch.testing.assert_close(student_of(teacher, [0, 1, 2, 3]).eval()(ids, mask), teacher(ids, mask))
+
+
+def test_distill_trains_a_student_toward_the_teachers_served_vectors(data, pretrained, distilled):
+    steps, evaluations = metrics(distilled / "run")
+    assert [r["step"] for r in steps] == list(range(1, 37))  # 96 pairs / 16, six epochs
+    assert mean_loss(steps[-3:]) < mean_loss(steps[:3])
+    artifact = assert_artifact_matches_torch(distilled / "artifact")
+    assert artifact.manifest.n_layers == 1 and artifact.manifest.d_model == 32
+    provenance = artifact.manifest.provenance
+    teacher_artifact = Artifact.load(pretrained / "artifact")
+    assert provenance["job"] == "distill"
+    assert provenance["teacher"]["artifact"] == str((pretrained / "artifact").resolve())
+    assert provenance["teacher"]["fast_graph_sha256"] == teacher_artifact.manifest.files["fast.onnx"]
+    assert provenance["hyperparameters"]["layers"] == [1]
+    assert provenance["scores"]["dev_spearman"] == round(max(r["dev"] for r in evaluations), 3)
+
+    sentences = sorted({p.sentence1 for p in read_sts(data["train"])})
+    teacher = OrtEmbedder.for_artifact(teacher_artifact).embed(sentences)
+    trained = OrtEmbedder.for_artifact(artifact).embed(sentences)
+    tokenizer = Tokenizer.from_file(str(artifact.tokenizer_path))
+    initial = student_of(load_checkpoint(pretrained / "run" / "best"), [1])
+    untrained = embed(initial, [e.ids for e in tokenizer.encode_batch(sentences)], CPU)
+    # 1 - cosine to the teacher's vectors: at least halved by training
+    assert np.mean(1 - np.sum(trained * teacher, 1)) < 0.5 * np.mean(1 - np.sum(untrained * teacher, 1))
+
+
+def test_distill_refuses_a_teacher_it_cannot_reproduce(data, pretrained, tmp_path, capsys):
+    assert main(distill_args(data, tmp_path, pretrained / "artifact", "--layers", "2")) == 2
+    assert "--layers must be between 1 and 1 (the teacher has 2)" in capsys.readouterr().err
+
+
 def test_losses_equal_sentence_transformers_on_the_same_embeddings():
     losses = pytest.importorskip("sentence_transformers.sentence_transformer.losses")
     generator = torch.Generator().manual_seed(0)
@@ -219,15 +286,17 @@ sys.exit(main(argv))
 """
 
 
-@pytest.mark.parametrize("job", ["pretrain", "finetune"])
+@pytest.mark.parametrize("job", ["pretrain", "finetune", "distill"])
 def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(job, data, pretrained, tmp_path):
     def args(root: Path) -> list[str]:
         if job == "pretrain":
             return pretrain_args(data, root)
+        if job == "distill":
+            return distill_args(data, root, pretrained / "artifact", "--epochs", "2")
         return finetune_args(data, root, pretrained / "artifact", "--epochs", "2")
 
     # pretrain: 10 steps an epoch, killed before step 15, so the checkpoint of step 12 (epoch 2,
-    # batch 2) is the latest; finetune: 6 steps an epoch, killed before step 11, checkpoint 8
+    # batch 2) is the latest; finetune and distill: 6 steps an epoch, killed before step 11, checkpoint 8
     die_at, saved_at = (15, 12) if job == "pretrain" else (11, 8)
     killed = subprocess.run(
         [sys.executable, "-c", DIE_AT_STEP, str(die_at), *args(tmp_path / "killed")],
@@ -339,7 +408,7 @@ def test_an_empty_corpus_is_refused_in_one_line(tmp_path):
 # served ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("job", ["pretrained", "finetuned"])
+@pytest.mark.parametrize("job", ["pretrained", "finetuned", "distilled"])
 def test_the_server_serves_a_trained_artifact_with_the_torch_vectors(job, request):
     root = request.getfixturevalue(job)
     artifact = Artifact.load(root / "artifact")
