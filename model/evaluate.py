@@ -429,12 +429,15 @@ def cross_torch_checks(artifact: Artifact, pairs: list[tuple[str, str]]) -> list
             return [Check("CrossEncoder.predict parity", None, "", True, "sentence-transformers not installed")]
         reference = CrossEncoder(str(checkpoint), device="cpu", max_length=m.max_len)
         for label, subset in (("", pairs), (", pairs truncated at max_len", long_pairs)):
-            expected = reference.predict(subset, batch_size=32, show_progress_bar=False)
-            expected = expected.reshape(len(subset), -1)
+            expected = reference.predict(subset, batch_size=32, show_progress_bar=False).reshape(len(subset), -1)
             ours = fast.scores(subset)
             diff = float(np.abs(ours - expected).max())
             name = f"fast graph vs CrossEncoder.predict max |score diff|{label}"
             checks.append(Check(name, diff, "<= 1e-4", diff <= 1e-4, f"{len(subset)} pairs"))
+            raw = reference.predict(subset, batch_size=32, activation_fn=torch.nn.Identity(), show_progress_bar=False)
+            diff = float(np.abs(fast.logits(subset) - raw.reshape(len(subset), -1)).max())
+            name = f"fast graph vs CrossEncoder.predict max |logit diff|{label}"
+            checks.append(Check(name, diff, "<= 1e-4", diff <= 1e-4))
             if ours.shape[1] == 1:
                 same = bool(
                     (np.argsort(-ours[:, 0], kind="stable") == np.argsort(-expected[:, 0], kind="stable")).all()

@@ -251,3 +251,13 @@ def test_export_refuses_embedder_flags_and_a_tokenizer_without_pairs(tmp_path, c
     assert main(args) == 2
     assert "it has no pair post-processor" in capsys.readouterr().err
     assert not (tmp_path / "art").exists()
+
+
+def test_model_eval_checks_a_cross_encoder_artifact_against_its_source(saved):
+    from model.evaluate import evaluate
+
+    checks = {c.name: c for c in evaluate(saved[2].directory)}
+    assert all(c.passed for c in checks.values()), [c.line() for c in checks.values() if not c.passed]
+    assert checks["fast graph vs CrossEncoder.predict max |logit diff|"].value <= 1e-4
+    assert checks["ranking identical to CrossEncoder.predict, pairs truncated at max_len"].value == 1.0
+    assert checks["attention graph vs transformers eager max |prob diff|"].value <= 1e-4
