@@ -141,6 +141,17 @@ def test_minilm_with_a_fresh_head_saved_by_cross_encoder_loads_key_by_key(tmp_pa
         logits = model(encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"])[:, 0]
     expected = reference.predict(PAIRS, activation_fn=torch.nn.Identity())
     np.testing.assert_allclose(logits.numpy(), expected, atol=1e-4, rtol=0)
+    # the real WordPiece vocabulary, pairs cut longest_first on either side or both at 24 pieces
+    from transformers import AutoTokenizer
+
+    theirs = AutoTokenizer.from_pretrained(str(tmp_path / "ce"))
+    ours = pair_tokenizer(tmp_path / "ce" / "tokenizer.json", 24)
+    long = "Unbelievably, the well-known guitarist's performance (in Zürich) was re-scheduled twice! " * 3
+    for a, b in [*PAIRS, (long, "short one"), ("short one", long), (long, long[::-1]), ("a", "b")]:
+        reference = theirs(a, b, truncation="longest_first", max_length=24)
+        encoding = ours.encode(a, b)
+        assert (encoding.ids, encoding.type_ids) == (reference["input_ids"], reference["token_type_ids"])
+
     segment_two = encoded["token_type_ids"].clone().zero_()  # the segment ids matter for a pair
     with torch.no_grad():
         one_segment = model(encoded["input_ids"], encoded["attention_mask"], segment_two)[:, 0]
