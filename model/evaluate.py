@@ -422,6 +422,14 @@ def cross_torch_checks(artifact: Artifact, pairs: list[tuple[str, str]]) -> list
         expected = pair_logits(model, fast.tokenizer.encode_batch(pairs), torch.device("cpu"))
         diff = float(np.abs(fast.logits(pairs) - expected).max())
         checks.append(Check("fast graph vs torch max |logit diff|", diff, "<= 1e-4", diff <= 1e-4))
+        feeds = attention.feeds(attention.tokenizer.encode_batch(pairs[:16]))
+        _, probs = attention.session.run([LOGITS, "attention_probs"], feeds)
+        with torch.no_grad():
+            tensors = [torch.from_numpy(feeds[k]) for k in (INPUT_IDS, ATTENTION_MASK)]
+            types = torch.from_numpy(feeds[TOKEN_TYPE_IDS]) if TOKEN_TYPE_IDS in feeds else None
+            _, theirs = model(*tensors, types, return_attention=True)
+        diff = float(np.abs(probs - theirs.numpy()).max())
+        checks.append(Check("attention graph vs torch max |prob diff|", diff, "<= 1e-5", diff <= 1e-5, "16 pairs"))
     else:
         try:
             from sentence_transformers import CrossEncoder
