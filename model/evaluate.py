@@ -419,9 +419,121 @@ def fp16_check(artifact: Artifact, tokenizer: Tokenizer, dev: list[str], fp32_de
     return Check("fp16 (CUDA) min cosine to fp32", float(cos.min()), ">= 0.999", cos.min() >= 0.999)
 
 
+def cross_torch_checks(artifact: Artifact, pairs: list[tuple[str, str]]) -> list[Check]:
+    """A cross-encoder artifact against its source: CrossEncoder.predict (a sentence-transformers
+    or transformers directory) or the trained torch model, and transformers' eager attention."""
+    checkpoint = Path(artifact.manifest.provenance.get("checkpoint", ""))
+    if not checkpoint.is_dir():
+        return [Check("torch parity", None, "", True, f"source checkpoint {str(checkpoint)!r} not on this machine")]
+    try:
+        import torch
+
+        from model.cross_encoder import CROSS_ENCODER_CONFIG, load_cross_encoder
+        from model.train.tasks import pair_logits
+    except ImportError as exc:
+        return [Check("torch parity", None, "", True, f"torch not installed ({exc.name})")]
+    m = artifact.manifest
+    fast, attention = OrtCrossEncoder.for_artifact(artifact), OrtCrossEncoder.for_artifact(artifact, "attention")
+    long_pairs = long_pair_inputs(pairs, fast.tokenizer, m.max_len)
+    checks = []
+    if (checkpoint / CROSS_ENCODER_CONFIG).exists():  # trained here: the torch model is the reference
+        model = load_cross_encoder(checkpoint)
+        expected = pair_logits(model, fast.tokenizer.encode_batch(pairs), torch.device("cpu"))
+        diff = float(np.abs(fast.logits(pairs) - expected).max())
+        checks.append(Check("fast graph vs torch max |logit diff|", diff, "<= 1e-4", diff <= 1e-4))
+        feeds = attention.feeds(attention.tokenizer.encode_batch(pairs[:16]))
+        _, probs = attention.session.run([LOGITS, "attention_probs"], feeds)
+        with torch.no_grad():
+            tensors = [torch.from_numpy(feeds[k]) for k in (INPUT_IDS, ATTENTION_MASK)]
+            types = torch.from_numpy(feeds[TOKEN_TYPE_IDS]) if TOKEN_TYPE_IDS in feeds else None
+            _, theirs = model(*tensors, types, return_attention=True)
+        diff = float(np.abs(probs - theirs.numpy()).max())
+        checks.append(Check("attention graph vs torch max |prob diff|", diff, "<= 1e-5", diff <= 1e-5, "16 pairs"))
+    else:
+        try:
+            from sentence_transformers import CrossEncoder
+        except ImportError:
+            return [Check("CrossEncoder.predict parity", None, "", True, "sentence-transformers not installed")]
+        reference = CrossEncoder(str(checkpoint), device="cpu", max_length=m.max_len)
+        for label, subset in (("", pairs), (", pairs truncated at max_len", long_pairs)):
+            expected = reference.predict(subset, batch_size=32, show_progress_bar=False).reshape(len(subset), -1)
+            ours = fast.scores(subset)
+            diff = float(np.abs(ours - expected).max())
+            name = f"fast graph vs CrossEncoder.predict max |score diff|{label}"
+            checks.append(Check(name, diff, "<= 1e-4", diff <= 1e-4, f"{len(subset)} pairs"))
+            raw = reference.predict(subset, batch_size=32, activation_fn=torch.nn.Identity(), show_progress_bar=False)
+            diff = float(np.abs(fast.logits(subset) - raw.reshape(len(subset), -1)).max())
+            name = f"fast graph vs CrossEncoder.predict max |logit diff|{label}"
+            checks.append(Check(name, diff, "<= 1e-4", diff <= 1e-4))
+            if ours.shape[1] == 1:
+                same = bool(
+                    (np.argsort(-ours[:, 0], kind="stable") == np.argsort(-expected[:, 0], kind="stable")).all()
+                )
+                checks.append(Check(f"ranking identical to CrossEncoder.predict{label}", float(same), "== 1", same))
+    checks.append(cross_attention_check(checkpoint, attention, pairs[:16]))
+    return checks
+
+
+def long_pair_inputs(pairs: list[tuple[str, str]], tokenizer: Tokenizer, max_len: int) -> list[tuple[str, str]]:
+    """Pairs whose two sides together exceed max_len: one side long, the other short, and both long."""
+    texts = long_inputs([a for a, _ in pairs], tokenizer, max_len, count=6)
+    return (
+        [(t, pairs[i][1]) for i, t in enumerate(texts[:2])]
+        + [(pairs[i][0], t) for i, t in enumerate(texts[2:4])]
+        + [(texts[4 % len(texts)], texts[5 % len(texts)])]
+    )
+
+
+def cross_attention_check(checkpoint: Path, attention: OrtCrossEncoder, pairs: list[tuple[str, str]]) -> Check:
+    name = "attention graph vs transformers eager max |prob diff|"
+    if not (checkpoint / "config.json").exists():
+        return Check(name, None, "", True, "not a transformers checkpoint")
+    try:
+        import torch
+        from transformers import AutoModelForSequenceClassification
+    except ImportError:
+        return Check(name, None, "", True, "transformers not installed")
+    feeds = attention.feeds(attention.tokenizer.encode_batch(pairs))
+    _, probs = attention.session.run([LOGITS, "attention_probs"], feeds)
+    model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint), attn_implementation="eager").eval()
+    mask = feeds[ATTENTION_MASK]
+    pad_id = int(model.config.pad_token_id or 0)  # transformers' MPNet reads positions from the pad id
+    inputs = {"input_ids": torch.from_numpy(np.where(mask == 1, feeds[INPUT_IDS], pad_id))}
+    inputs["attention_mask"] = torch.from_numpy(mask)
+    if TOKEN_TYPE_IDS in feeds:
+        inputs["token_type_ids"] = torch.from_numpy(feeds[TOKEN_TYPE_IDS])
+    with torch.no_grad():
+        theirs = torch.stack(model(**inputs, output_attentions=True).attentions, dim=1).numpy()
+    real_rows = np.broadcast_to(mask[:, None, None, :, None] == 1, theirs.shape)
+    diff = float(np.abs(probs - theirs)[real_rows].max())
+    return Check(name, diff, "<= 1e-4", diff <= 1e-4, f"{len(pairs)} pairs")
+
+
+def evaluate_cross_encoder(artifact: Artifact, with_torch: bool) -> list[Check]:
+    m = artifact.manifest
+    dev = read_sts(sts_dir() / "sts-dev.csv")
+    pairs = [(p.sentence1, p.sentence2) for p in dev]
+    checks = cross_torch_checks(artifact, pairs[:512]) if with_torch else []
+    fast = OrtCrossEncoder.for_artifact(artifact)
+    alone = fast.logits(pairs[:1])
+    longest = sorted(pairs[:200], key=lambda p: len(p[0]) + len(p[1]))[-7:]
+    batched = fast.logits([pairs[0], *longest], batch_size=8)[:1]
+    diff_pad = float(np.abs(alone - batched).max())
+    checks.append(Check("padding invariance max |logit diff|", diff_pad, "<= 1e-5", diff_pad <= 1e-5))
+    if len(m.labels) == 1:
+        test = read_sts(sts_dir() / "sts-test.csv")
+        checks.append(Check("sts-test Spearman x100 (fp32)", cross_sts_score(fast, test), "reported", True))
+        if FAST_INT8 in m.graphs:
+            int8 = cross_sts_score(OrtCrossEncoder.for_artifact(artifact, FAST_INT8), test)
+            checks.append(Check("int8 sts-test Spearman x100", int8, "reported", True))
+    return checks
+
+
 def evaluate(directory: Path, with_torch: bool = True) -> list[Check]:
     artifact = Artifact.load(directory)
     manifest = artifact.manifest
+    if manifest.is_cross_encoder:
+        return evaluate_cross_encoder(artifact, with_torch)
     tokenizer = Tokenizer.from_file(str(artifact.tokenizer_path))
     dev = unique_sentences(read_sts(sts_dir() / "sts-dev.csv"))
     fast = OrtEmbedder.for_artifact(artifact, remember=True)

@@ -10,6 +10,7 @@ the provenance its artifact records.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -356,6 +357,8 @@ def finetune_cross(config: TrainConfig, data: CrossFinetuneConfig, job: JobConfi
         served = artifact_sts_spearman(Artifact.load(job.out), test)
         provenance["scores"] = {**scores, "test_spearman_onnxruntime": round(served, 3)}
         log.info("sts-test Spearman x100 through onnxruntime (the fast graph): %.3f", served)
+    # the manifest is written before the artifact can be scored: the run directory keeps both figures
+    (trainer.run_dir / "scores.json").write_text(json.dumps(provenance["scores"], indent=2) + "\n")
     return provenance
 
 

@@ -141,6 +141,17 @@ def test_minilm_with_a_fresh_head_saved_by_cross_encoder_loads_key_by_key(tmp_pa
         logits = model(encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"])[:, 0]
     expected = reference.predict(PAIRS, activation_fn=torch.nn.Identity())
     np.testing.assert_allclose(logits.numpy(), expected, atol=1e-4, rtol=0)
+    # the real WordPiece vocabulary, pairs cut longest_first on either side or both at 24 pieces
+    from transformers import AutoTokenizer
+
+    theirs = AutoTokenizer.from_pretrained(str(tmp_path / "ce"))
+    ours = pair_tokenizer(tmp_path / "ce" / "tokenizer.json", 24)
+    long = "Unbelievably, the well-known guitarist's performance (in Zürich) was re-scheduled twice! " * 3
+    for a, b in [*PAIRS, (long, "short one"), ("short one", long), (long, long[::-1]), ("a", "b")]:
+        reference = theirs(a, b, truncation="longest_first", max_length=24)
+        encoding = ours.encode(a, b)
+        assert (encoding.ids, encoding.type_ids) == (reference["input_ids"], reference["token_type_ids"])
+
     segment_two = encoded["token_type_ids"].clone().zero_()  # the segment ids matter for a pair
     with torch.no_grad():
         one_segment = model(encoded["input_ids"], encoded["attention_mask"], segment_two)[:, 0]
@@ -251,3 +262,13 @@ def test_export_refuses_embedder_flags_and_a_tokenizer_without_pairs(tmp_path, c
     assert main(args) == 2
     assert "it has no pair post-processor" in capsys.readouterr().err
     assert not (tmp_path / "art").exists()
+
+
+def test_model_eval_checks_a_cross_encoder_artifact_against_its_source(saved):
+    from model.evaluate import evaluate
+
+    checks = {c.name: c for c in evaluate(saved[2].directory)}
+    assert all(c.passed for c in checks.values()), [c.line() for c in checks.values() if not c.passed]
+    assert checks["fast graph vs CrossEncoder.predict max |logit diff|"].value <= 1e-4
+    assert checks["ranking identical to CrossEncoder.predict, pairs truncated at max_len"].value == 1.0
+    assert checks["attention graph vs transformers eager max |prob diff|"].value <= 1e-4

@@ -46,8 +46,13 @@ def write_word_tokenizer(directory: Path, family: str = "bert", model_max_length
     return len(vocab)
 
 
-def write_tiny_bert_classifier(directory: Path, num_labels: int = 1, family: str = "bert", seed: int = 0) -> Path:
-    """A transformers *ForSequenceClassification directory (the older layout: no modules.json)."""
+def write_tiny_bert_classifier(
+    directory: Path, num_labels: int = 1, family: str = "bert", seed: int = 0, std: float = 0.3, dropout: float = 0.1
+) -> Path:
+    """A transformers *ForSequenceClassification directory (the older layout: no modules.json).
+
+    std 0.3 makes every layer and the head matter to the answer; training starts better from
+    transformers' own 0.02."""
     directory.mkdir(parents=True, exist_ok=True)
     vocab_size = write_word_tokenizer(directory, family)
     torch.manual_seed(seed)
@@ -58,6 +63,8 @@ def write_tiny_bert_classifier(directory: Path, num_labels: int = 1, family: str
         num_hidden_layers=2,
         intermediate_size=32,
         num_labels=num_labels,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     if family == "mpnet":
         from transformers import MPNetConfig, MPNetForSequenceClassification
@@ -67,10 +74,10 @@ def write_tiny_bert_classifier(directory: Path, num_labels: int = 1, family: str
         from transformers import BertConfig, BertForSequenceClassification
 
         model = BertForSequenceClassification(BertConfig(**common, max_position_embeddings=64, type_vocab_size=2))
-    with torch.no_grad():  # large enough weights that every layer and the head matter
+    with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "LayerNorm" not in name:
-                parameter.normal_(0.0, 0.3)
+                parameter.normal_(0.0, std)
     model.save_pretrained(directory, safe_serialization=True)
     return directory
 
