@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 
 from tokenizers import Tokenizer
 
 from artifact.manifest import FAST, Artifact
 from bench.__main__ import grpc_call, single_latency_ms
 from bench.corpus import short_sentence
-from bench.loadgen import closed_loop, rest_call
+from bench.loadgen import RawHttp, closed_loop, rest_call
 from bench.server import ARTIFACT, launch
 
 
@@ -31,6 +32,27 @@ def p50_ms(make_call, count: int) -> float:
     return asyncio.run(measure())
 
 
+TIMING_HEADERS = ("x-total-time", "x-tokenization-time", "x-queue-time", "x-inference-time")
+
+
+def rest_timings(port: int, count: int) -> dict[str, float]:
+    """Medians of the REST answers' own timing headers (ms) over `count` sequential one-sentence
+    requests: where the server's part of the latency goes."""
+
+    async def measure() -> dict[str, float]:
+        connection = RawHttp("127.0.0.1", port)
+        seen: dict[str, list[float]] = {name: [] for name in TIMING_HEADERS}
+        for _ in range(count):
+            status, headers, body = await connection.post("/v1/embed", {"inputs": [short_sentence()]})
+            assert status == 200, body[:200]
+            for name in TIMING_HEADERS:
+                seen[name].append(float(headers[name]))
+        await connection.close()
+        return {name: statistics.median(values) for name, values in seen.items()}
+
+    return asyncio.run(measure())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=400, help="sequential requests per transport")
@@ -41,6 +63,7 @@ def main() -> None:
         print(f"server pid {server.process.pid}", flush=True)
         transports = {"REST": rest_call("127.0.0.1", server.http_port), "gRPC": grpc_call(server.grpc_target)}
         p50 = {name: p50_ms(make_call, args.requests) for name, make_call in transports.items()}
+        timings = rest_timings(server.http_port, args.requests)
     finally:
         server.stop()
     artifact = Artifact.load(ARTIFACT)
@@ -51,6 +74,12 @@ def main() -> None:
     print(f"in-process {in_process:.2f} ms (p50 of 200; with intra-op threads that sleep: {sleeping:.2f} ms)")
     for name, ms in p50.items():
         print(f"{name} p50 {ms:.2f} ms: in-process + {ms - in_process:.2f} ms")
+    total, tokenize, queue, inference = (timings[name] for name in TIMING_HEADERS)
+    print(
+        f"REST answers' own timing (medians): total {total:.2f} ms = tokenization {tokenize:.2f} + queue {queue:.2f}"
+        f" + inference {inference:.2f} + the rest {total - tokenize - queue - inference:.2f}; the rest of the"
+        " p50 is HTTP, the socket and the client"
+    )
 
 
 if __name__ == "__main__":

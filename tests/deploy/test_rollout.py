@@ -38,7 +38,7 @@ from protos.mhaserve.v1 import encoder_pb2 as pb
 from tests.deploy.balancer import REQUEST_ID, Balancer, ReadinessCheck, Replica, haproxy_binary
 from tests.deploy.conftest import K8S, REPO
 from tests.deploy.containers import Container, docker_run, free_port, start, unavailable
-from tests.reliability.load import Outcome, reference_vectors, unique_text
+from tests.reliability.load import Outcome, unique_text
 from tests.support.decode import decode_float32
 from tests.support.reference import Reference
 
@@ -361,7 +361,7 @@ class Phase:
 def wrong_answers(outcomes: list[Outcome], reference: Reference) -> set[int]:
     answered = [o for o in outcomes if o.status == "200"]
     texts = sorted({o.text for o in answered}, key=len)
-    expected = dict(zip(texts, reference_vectors(reference, texts), strict=True))
+    expected = dict(zip(texts, reference.embeddings(texts), strict=True))
     return {o.index for o in answered if o.vector is None or not np.allclose(o.vector, expected[o.text], atol=1e-5)}
 
 
