@@ -162,6 +162,10 @@ class DistillTask:
             return None
         return Evaluation("dev_spearman", sts_spearman(self.encoder, self.eval_tokenizer, self.dev, self.device), True)
 
+    def save(self, directory: Path) -> list[str]:
+        save_native(self.encoder, directory)  # the student: an encoder, as the teacher's
+        return [NATIVE_CONFIG, NATIVE_WEIGHTS]
+
 
 class MaskedLMTask:
     """Masked-language modelling: predict corrupted tokens from their context."""

@@ -60,7 +60,7 @@ def small_model(teacher: Encoder, ffn_outliers=(), attention_outliers=()) -> Enc
 
 def fast_graph(model: Encoder, directory: Path) -> Path:
     trace_to_onnx(model, directory / "raw.onnx", with_attention=False)
-    optimize(directory / "raw.onnx", directory / "fast.onnx", model, fuse_attention=True)
+    optimize(directory / "raw.onnx", directory / "fast.onnx", model.config, fuse_attention=True)
     return directory / "fast.onnx"
 
 
