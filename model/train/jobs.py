@@ -178,11 +178,8 @@ def finetune(config: TrainConfig, data: FinetuneConfig, job: JobConfig) -> dict:
     return provenance
 
 
-def distill(config: TrainConfig, data: DistillConfig, job: JobConfig) -> dict:
-    """Train a student of the teacher's width and fewer of its layers on the teacher's served vectors."""
-    from model.evaluate import OrtEmbedder  # onnxruntime: the teacher's vectors are the ones it serves
-
-    started = time.monotonic()
+def read_scored_splits(data: CrossFinetuneConfig | DistillConfig) -> tuple[list, list | None, list | None, dict]:
+    """The scored train pairs, and dev and test where given, with a description of each file."""
     low, high = data.score_range
     if low >= high:
         raise ModelError(f"--score-range: minimum {low} must be below maximum {high}")
@@ -195,6 +192,15 @@ def distill(config: TrainConfig, data: DistillConfig, job: JobConfig) -> dict:
     if data.test_file:
         test = read_scored(data.test_file, data.score_range)
         files["test"] = describe(data.test_file, len(test))
+    return pairs, dev, test, files
+
+
+def distill(config: TrainConfig, data: DistillConfig, job: JobConfig) -> dict:
+    """Train a student of the teacher's width and fewer of its layers on the teacher's served vectors."""
+    from model.evaluate import OrtEmbedder  # onnxruntime: the teacher's vectors are the ones it serves
+
+    started = time.monotonic()
+    pairs, dev, test, files = read_scored_splits(data)
 
     checkpoint, tokenizer_json, export_max_len, teacher_base = artifact_base(Path(data.teacher))
     teacher_artifact = Artifact.load(data.teacher)
@@ -273,18 +279,7 @@ def finetune_cross(config: TrainConfig, data: CrossFinetuneConfig, job: JobConfi
     from model.evaluate import artifact_sts_spearman  # evaluation imports export's helpers
 
     started = time.monotonic()
-    low, high = data.score_range
-    if low >= high:
-        raise ModelError(f"--score-range: minimum {low} must be below maximum {high}")
-    pairs = read_scored(data.train_file, data.score_range)
-    files = {"train": describe(data.train_file, len(pairs))}
-    dev = test = None
-    if data.dev_file:
-        dev = read_scored(data.dev_file, data.score_range)
-        files["dev"] = describe(data.dev_file, len(dev))
-    if data.test_file:
-        test = read_scored(data.test_file, data.score_range)
-        files["test"] = describe(data.test_file, len(test))
+    pairs, dev, test, files = read_scored_splits(data)
 
     checkpoint = Path(data.checkpoint) if data.checkpoint else default_checkpoint_dir()
     base = {} if data.checkpoint else {"source": DEFAULT_SOURCE}
