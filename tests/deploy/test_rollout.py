@@ -52,8 +52,8 @@ NEW_REPLICA_READY_WITHIN_S = 90.0
 DISTINCT_TEXTS = 1000  # the load cycles through these: each reference vector is computed once
 API_KEY = "rollout-test-key"
 # A new pod loads on cores of its own; here every replica shares the machine's, so the one that
-# is loading gets a sixteenth of a serving replica's CPU weight until it is ready, and then the same
-CPU_SHARES, LOADING_CPU_SHARES = 1024, 64
+# is loading is held to a quarter of a core (docker --cpus) until it is ready, and then to none
+LOADING_CPUS = 0.25
 P99_RATIO_LIMIT = 2.0
 TABLE = REPO / "test-artifacts" / "rollout" / "table.md"
 EMBED = "/mhaserve.v1.Encoder/Embed"
@@ -237,7 +237,7 @@ class Fleet:
         self.env = pod.env | {"MHASERVE_INFERENCE_WORKERS": "1", "MHASERVE_INTRA_OP_THREADS": "1"}
         self.env["MHASERVE_API_KEY_FILE"] = f"{pod.keys_mount}/keys"
 
-    def start(self, name: str, cpu_shares: int = CPU_SHARES) -> Container:
+    def start(self, name: str, cpus: float | None = None) -> Container:
         slot = self.slots[name]
         container = start(
             self.docker,
@@ -246,13 +246,15 @@ class Fleet:
             mounts=(f"{self.keys_dir}:{self.pod.keys_mount}:ro",),
             stop_timeout_s=self.pod.termination_grace_s,
             ports=(slot.http_port, slot.grpc_port),
-            run_args=("--cpu-shares", str(cpu_shares)),
+            run_args=("--cpus", str(cpus)) if cpus else (),
         )
         self.containers[name] = container
         return container
 
-    def weigh(self, name: str, cpu_shares: int) -> None:
-        docker_run(self.docker, "update", "--cpu-shares", str(cpu_shares), self.containers[name].name)
+    def unlimit(self, name: str) -> None:
+        """The replica's CPU quota lifted: every core of the machine, as the serving ones have."""
+        cores = str(os.cpu_count() or 1)
+        docker_run(self.docker, "update", "--cpus", cores, self.containers[name].name)
 
     def remove_all(self) -> None:
         for container in self.containers.values():
@@ -262,9 +264,9 @@ class Fleet:
 async def replace(fleet: Fleet, balancer: Balancer, old: str, new: str) -> Replacement:
     """Surge first: the new replica in rotation, then the old one stopped as Kubernetes stops a pod."""
     started = time.monotonic()
-    container = await asyncio.to_thread(fleet.start, new, LOADING_CPU_SHARES)
+    container = await asyncio.to_thread(fleet.start, new, LOADING_CPUS)
     ready_s = await asyncio.to_thread(container.wait_ready, min(NEW_REPLICA_READY_WITHIN_S, fleet.deadline.left()))
-    await asyncio.to_thread(fleet.weigh, new, CPU_SHARES)
+    await asyncio.to_thread(fleet.unlimit, new)
     up_at = await asyncio.to_thread(balancer.wait_for, new, "UP", min(30, fleet.deadline.left()), started)
     grace = fleet.pod.termination_grace_s
     sigterm_at = time.monotonic()
