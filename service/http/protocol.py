@@ -110,6 +110,7 @@ class GuardedH11Protocol(H11Protocol):
         self._send_timer: asyncio.TimerHandle | None = None
         self._ticket: Ticket | None = None  # the current request's, when decided here
         super().connection_made(transport)
+        self.transport = CoalescedWrites(transport, self.loop)  # type: ignore[assignment]
         self._arm_head_timer()
 
     def data_received(self, data: bytes) -> None:
@@ -217,6 +218,60 @@ class GuardedH11Protocol(H11Protocol):
         self._send_timer = None
         log.debug("dropping a connection whose client read nothing for %.1f s", self.send_timeout_s)
         self.transport.abort()  # close() would wait to flush what the client does not read
+
+
+class CoalescedWrites:
+    """A connection's transport whose writes within one turn of the event loop leave as one.
+
+    uvicorn writes an answer's head and its body separately, and each write is a send(2) the
+    moment it is made; a send is the dearest step of a small answer, and two make the client read
+    twice. Here a write is held until the next one, and the two leave together: an answer's head
+    goes out with its body. What is still held when the turn is over, or when the connection
+    closes, is sent then. Everything else is the transport's own."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._pending:
+            self._pending.append(bytes(data))
+            self._flush()
+            return
+        self._pending.append(bytes(data))
+        self._loop.call_soon(self._flush)
+
+    def writelines(self, chunks) -> None:  # type: ignore[no-untyped-def]
+        for chunk in chunks:
+            self.write(chunk)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+            self._pending = []
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._pending = []
+        self._transport.abort()
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._transport, name)
 
 
 NOT_PLAIN = (b"transfer-encoding", b"expect", b"upgrade", b"connection")  # but Connection: keep-alive is plain

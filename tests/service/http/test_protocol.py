@@ -289,3 +289,72 @@ def test_the_uvicorn_installed_is_one_the_protocol_edge_is_tested_on_and_has_wha
     assert protocols, "no live connection to inspect"
     for name in UVICORN_INTERNALS:
         assert all(hasattr(protocol, name) for protocol in protocols), f"H11Protocol has no {name!r}"
+
+
+class RecordingTransport:
+    """The little of asyncio.Transport that CoalescedWrites passes writes and closes on to."""
+
+    def __init__(self):
+        self.events: list[tuple[str, bytes]] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.events.append(("write", data))
+
+    def close(self) -> None:
+        self.events.append(("close", b""))
+        self.closing = True
+
+    def abort(self) -> None:
+        self.events.append(("abort", b""))
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+
+def test_an_answers_head_leaves_with_its_body_and_what_is_held_leaves_by_the_end_of_the_turn():
+    from service.http.protocol import CoalescedWrites
+
+    head, body = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n", b"{}"
+
+    async def scenario() -> list[list[tuple[str, bytes]]]:
+        seen = []
+        loop = asyncio.get_running_loop()
+        raw = RecordingTransport()
+        transport = CoalescedWrites(raw, loop)  # type: ignore[arg-type]
+        transport.write(head)
+        transport.write(b"")
+        seen.append(list(raw.events))  # the head is held
+        assert transport.get_write_buffer_size() == len(head)
+        transport.write(bytearray(body))
+        seen.append(list(raw.events))  # and leaves with the body, at once
+        transport.write(b"alone")
+        await asyncio.sleep(0)
+        seen.append(list(raw.events))  # a lone write leaves when the turn is over
+        transport.write(b"last")
+        transport.close()
+        seen.append(list(raw.events))  # a close sends what is held first
+        await asyncio.sleep(0)
+        assert transport.get_extra_info("peername") == ("127.0.0.1", 1)  # the rest is the transport's
+        dropped = RecordingTransport()
+        transport = CoalescedWrites(dropped, loop)  # type: ignore[arg-type]
+        transport.write(b"never sent")
+        transport.abort()
+        await asyncio.sleep(0)
+        seen.append(list(dropped.events))
+        return seen
+
+    held, together, alone, closed, aborted = asyncio.run(scenario())
+    answer = ("write", head + body)
+    assert held == []
+    assert together == [answer]
+    assert alone == [answer, ("write", b"alone")]
+    assert closed == [answer, ("write", b"alone"), ("write", b"last"), ("close", b"")]
+    assert aborted == [("abort", b"")]
