@@ -214,6 +214,33 @@ def write_dense(layers: tuple[DenseLayer, ...], work: Path) -> tuple[DenseSpec, 
     return tuple(specs)
 
 
+def write_graphs(
+    model: Encoder | CrossEncoder, config: EncoderConfig, work: Path, inputs: tuple[str, ...], output: str
+) -> dict[str, GraphSpec]:
+    """The fast graph (attention fused), the attention graph (its probabilities as an output) and
+    the fast graph in fp16, written to `work`; `output` is what the model answers (hidden states
+    or logits)."""
+    raw = work / "raw"
+    raw.mkdir()
+    trace_to_onnx(model, raw / "fast.onnx", with_attention=False)
+    fast_model, fast_fusions = optimize(raw / "fast.onnx", work / GRAPH_FILES[FAST], config, fuse_attention=True)
+    log.info("fast graph fusions: %s", fast_fusions)
+    trace_to_onnx(model, raw / "attention.onnx", with_attention=True)
+    _, attention_fusions = optimize(raw / "attention.onnx", work / GRAPH_FILES[ATTENTION], config, fuse_attention=False)
+    log.info("attention graph fusions: %s", attention_fusions)
+    fast_model.convert_float_to_float16(keep_io_types=True)
+    fast_model.save_model_to_file(str(work / GRAPH_FILES[FAST_FP16]))
+    onnx.checker.check_model(str(work / GRAPH_FILES[FAST_FP16]), full_check=True)
+    shutil.rmtree(raw)
+    return {
+        FAST: GraphSpec(GRAPH_FILES[FAST], "fp32", inputs, (output,), fusions=fast_fusions),
+        ATTENTION: GraphSpec(
+            GRAPH_FILES[ATTENTION], "fp32", inputs, (output, ATTENTION_PROBS), fusions=attention_fusions
+        ),
+        FAST_FP16: GraphSpec(GRAPH_FILES[FAST_FP16], "fp16", inputs, (output,), fusions=fast_fusions),
+    }
+
+
 def export_artifact(encoder: Encoder, tokenizer_json: Path, out_dir: Path, options: ExportOptions) -> Manifest:
     """Write every graph into a scratch directory, gate int8, then move it into place whole."""
     from model.evaluate import int8_gate  # evaluation imports export's helpers too
@@ -231,31 +258,7 @@ def export_artifact(encoder: Encoder, tokenizer_json: Path, out_dir: Path, optio
             tokenizer = lower_case_first(tokenizer)
         tokenizer.save(str(work / TOKENIZER_FILE))
         dense = write_dense(options.dense, work)
-        raw = work / "raw"
-        raw.mkdir()
-
-        trace_to_onnx(encoder, raw / "fast.onnx", with_attention=False)
-        fast_model, fast_fusions = optimize(raw / "fast.onnx", work / GRAPH_FILES[FAST], config, fuse_attention=True)
-        log.info("fast graph fusions: %s", fast_fusions)
-
-        trace_to_onnx(encoder, raw / "attention.onnx", with_attention=True)
-        _, attention_fusions = optimize(
-            raw / "attention.onnx", work / GRAPH_FILES[ATTENTION], config, fuse_attention=False
-        )
-        log.info("attention graph fusions: %s", attention_fusions)
-
-        fast_model.convert_float_to_float16(keep_io_types=True)
-        fast_model.save_model_to_file(str(work / GRAPH_FILES[FAST_FP16]))
-        onnx.checker.check_model(str(work / GRAPH_FILES[FAST_FP16]), full_check=True)
-
-        io = ((INPUT_IDS, ATTENTION_MASK), (HIDDEN_STATES,))
-        graphs = {
-            FAST: GraphSpec(GRAPH_FILES[FAST], "fp32", *io, fusions=fast_fusions),
-            ATTENTION: GraphSpec(
-                GRAPH_FILES[ATTENTION], "fp32", io[0], (HIDDEN_STATES, ATTENTION_PROBS), fusions=attention_fusions
-            ),
-            FAST_FP16: GraphSpec(GRAPH_FILES[FAST_FP16], "fp16", *io, fusions=fast_fusions),
-        }
+        graphs = write_graphs(encoder, config, work, (INPUT_IDS, ATTENTION_MASK), HIDDEN_STATES)
         quality: dict = {}
         needed = [sts_dir() / f"sts-{split}.csv" for split in ("train", "dev", "test")]
         if options.int8 and not all(path.is_file() for path in needed):
@@ -272,11 +275,10 @@ def export_artifact(encoder: Encoder, tokenizer_json: Path, out_dir: Path, optio
             gate["quantization"] = choice.to_dict()
             quality["int8_gate"] = gate
             if gate["passed"]:
-                graphs[FAST_INT8] = GraphSpec(GRAPH_FILES[FAST_INT8], "int8", *io)
+                graphs[FAST_INT8] = GraphSpec(GRAPH_FILES[FAST_INT8], "int8", graphs[FAST].inputs, graphs[FAST].outputs)
             else:
                 log.warning("int8 graph left out: it failed its quality gate %s", gate)
                 (work / GRAPH_FILES[FAST_INT8]).unlink()
-        shutil.rmtree(raw)
 
         files = {p.name: sha256_of(p) for p in sorted(work.iterdir()) if p.name != MANIFEST_FILE}
         manifest = Manifest(
@@ -362,30 +364,9 @@ def export_cross_encoder(model: CrossEncoder, tokenizer_json: Path, out_dir: Pat
             tokenizer = lower_case_first(tokenizer)
         check_pair_tokenizer(tokenizer, config, tokenizer_json)
         tokenizer.save(str(work / TOKENIZER_FILE))
-        raw = work / "raw"
-        raw.mkdir()
-
-        trace_to_onnx(model, raw / "fast.onnx", with_attention=False)
-        fast_model, fast_fusions = optimize(raw / "fast.onnx", work / GRAPH_FILES[FAST], config, fuse_attention=True)
-        log.info("fast graph fusions: %s", fast_fusions)
-        trace_to_onnx(model, raw / "attention.onnx", with_attention=True)
-        _, attention_fusions = optimize(
-            raw / "attention.onnx", work / GRAPH_FILES[ATTENTION], config, fuse_attention=False
-        )
-        log.info("attention graph fusions: %s", attention_fusions)
-        fast_model.convert_float_to_float16(keep_io_types=True)
-        fast_model.save_model_to_file(str(work / GRAPH_FILES[FAST_FP16]))
-        onnx.checker.check_model(str(work / GRAPH_FILES[FAST_FP16]), full_check=True)
-
         # a model without segment embeddings (MPNet) has no use for token_type_ids: its graphs don't take them
         inputs = (INPUT_IDS, ATTENTION_MASK) + ((TOKEN_TYPE_IDS,) if config.type_vocab_size else ())
-        graphs = {
-            FAST: GraphSpec(GRAPH_FILES[FAST], "fp32", inputs, (LOGITS,), fusions=fast_fusions),
-            ATTENTION: GraphSpec(
-                GRAPH_FILES[ATTENTION], "fp32", inputs, (LOGITS, ATTENTION_PROBS), fusions=attention_fusions
-            ),
-            FAST_FP16: GraphSpec(GRAPH_FILES[FAST_FP16], "fp16", inputs, (LOGITS,), fusions=fast_fusions),
-        }
+        graphs = write_graphs(model, config, work, inputs, LOGITS)
         quality: dict = {}
         labels, activation = model.info.labels, model.info.score_activation
         if options.int8 and not (sts_dir() / "sts-dev.csv").is_file():
@@ -398,11 +379,10 @@ def export_cross_encoder(model: CrossEncoder, tokenizer_json: Path, out_dir: Pat
             )
             quality["int8_gate"] = gate
             if gate["passed"]:
-                graphs[FAST_INT8] = GraphSpec(GRAPH_FILES[FAST_INT8], "int8", inputs, (LOGITS,))
+                graphs[FAST_INT8] = GraphSpec(GRAPH_FILES[FAST_INT8], "int8", graphs[FAST].inputs, graphs[FAST].outputs)
             else:
                 log.warning("int8 graph left out: it failed its quality gate %s", gate)
                 (work / GRAPH_FILES[FAST_INT8]).unlink()
-        shutil.rmtree(raw)
 
         files = {p.name: sha256_of(p) for p in sorted(work.iterdir()) if p.name != MANIFEST_FILE}
         manifest = Manifest(
