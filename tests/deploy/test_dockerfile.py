@@ -142,6 +142,8 @@ def test_served_targets_run_mhaserve_serve_as_non_root_with_both_ports():
         assert dockerfile_env(stage)["HOME"] == "/tmp", "the only writable place"
         (healthcheck,) = served(stage, "HEALTHCHECK")
         assert '"/opt/mhaserve/healthcheck.py"' in healthcheck
+        # below the inference threads' priority (--inference-nice): a check must not stall serving
+        assert 'CMD ["nice", "-n", "19", "python",' in healthcheck, healthcheck
         assert "deploy/docker/healthcheck.py /opt/mhaserve/healthcheck.py" in served(stage, "COPY")
     assert stages["base"][0] == ("FROM", "${PYTHON_IMAGE}")
     assert global_args()["PYTHON_IMAGE"] == "python:3.11-slim-bookworm"
