@@ -41,6 +41,11 @@ class InvalidRequest(MhaserveError):
     type = "invalid_request"
 
 
+class WrongTask(InvalidRequest):
+    """A sound request sent to a model whose task is another (an embedder asked to rerank, a
+    reranker to embed): 400, not the 422 of a request that is wrong in itself."""
+
+
 class PayloadTooLarge(MhaserveError):
     type = "payload_too_large"
 
@@ -85,6 +90,7 @@ class InferenceFailed(MhaserveError):
 
 HTTP_STATUS: dict[type[MhaserveError], int] = {
     InvalidRequest: 422,
+    WrongTask: 400,
     PayloadTooLarge: 413,
     Unauthenticated: 401,
     NotFound: 404,

@@ -10,7 +10,7 @@ from service.backends.base import ModelSpec
 from service.config import Settings
 from service.core.attention import REDUCTIONS, AttentionPlan
 from service.core.pairs import BLOCKS, FULL
-from service.errors import InvalidRequest, PayloadTooLarge
+from service.errors import InvalidRequest, PayloadTooLarge, WrongTask
 from service.types import AttentionSelection
 
 
@@ -78,7 +78,7 @@ class Validation:
         else:
             labels = ", ".join(spec.labels)
             does = f"a classify model (a cross-encoder with labels {labels}): it classifies texts and pairs (predict)"
-        raise InvalidRequest(
+        raise WrongTask(
             f"model {spec.name!r} has task {spec.task!r}, {does}; this call needs a model whose task is {wanted}"
         )
 

@@ -133,6 +133,7 @@ async def embed_until_disconnected(models: Models, request: Request, embed_reque
 
 
 ERROR_MEANINGS = {
+    400: "the model's task is another (an embedder asked to rerank, a reranker to embed); the message names it",
     401: "missing or wrong API key",
     404: "no such route, model or version",
     413: "body over max_request_bytes, or attention answer over max_attention_values",
@@ -142,7 +143,7 @@ ERROR_MEANINGS = {
     503: "not ready: loading or shutting down",
     504: "deadline passed",
 }
-DATA_ROUTE_ERRORS = (401, 413, 422, 429, 500, 503, 504)
+DATA_ROUTE_ERRORS = (400, 401, 413, 422, 429, 500, 503, 504)
 
 
 def error_responses(*statuses: int, kserve: bool = False) -> dict[int | str, dict[str, Any]]:

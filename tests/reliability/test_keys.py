@@ -38,7 +38,7 @@ BODIES = {
 }
 # the keyed server serves an embedder: with a valid key, a cross-encoder's route gets past the key
 # check to the refusal that names the model's task
-PAST_THE_KEY = {"/rerank": 422, "/v1/rerank": 422, "/predict": 422}
+PAST_THE_KEY = {"/rerank": 400, "/v1/rerank": 400, "/predict": 400}  # past the key: the model is an embedder
 ENCODER_METHODS = ("Embed", "Tokenize", "GetModelInfo", "Rerank", "Predict")
 KSERVE_KEYED = ("ServerMetadata", "ModelMetadata", "ModelInfer")
 KSERVE_OPEN = ("ServerLive", "ServerReady", "ModelReady")

@@ -128,9 +128,9 @@ def test_an_embedder_and_rerankers_side_by_side_refuse_each_others_task(served):
         }
         assert rest.embed("a dog", model="all-minilm-l6-v2").embeddings.shape == (1, 384)
     embed = post(server, "/v1/embed", {"inputs": ["a dog"]})  # the default model is the reranker
-    assert embed.status_code == 422 and f"'xe-{family}' has task 'rerank'" in embed.json()["error"]["message"]
+    assert embed.status_code == 400 and f"'xe-{family}' has task 'rerank'" in embed.json()["error"]["message"]
     rerank = post(server, "/rerank", {"query": "a", "texts": ["b"], "model": "all-minilm-l6-v2"})
-    assert rerank.status_code == 422 and "has task 'embed'" in rerank.json()["error"]["message"]
+    assert rerank.status_code == 400 and "has task 'embed'" in rerank.json()["error"]["message"]
 
 
 def test_minilm_with_a_fresh_head_saved_by_cross_encoder_serves_its_scores(tmp_path):

@@ -127,9 +127,9 @@ def test_models_report_task_and_labels(served):
         ("/predict", {"inputs": "x", "model": "fake"}, "'fake' has task 'embed'"),
     ],
 )
-def test_asking_a_model_for_another_task_is_422_naming_its_task(served, path, body, says):
+def test_asking_a_model_for_another_task_is_400_naming_its_task(served, path, body, says):
     response = post(served, path, body)
-    assert response.status_code == 422 and says in response.json()["error"]["message"], response.text
+    assert response.status_code == 400 and says in response.json()["error"]["message"], response.text
 
 
 LONG = " ".join(["the quick brown fox"] * 6)
