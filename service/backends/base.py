@@ -65,6 +65,9 @@ class Backend(Protocol):
     tokenizer: Tokenizer  # truncation at spec.max_len, no padding
     placement: Placement
     workers: int  # fast-path batches computed at once
+    # a fast-path batch of at most this many padded tokens that finds the batcher idle may run on
+    # the event loop (Batcher's inline_max_tokens); 0: always on a worker thread
+    inline_max_tokens: int
 
     def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """(B, T) int64 ids and mask -> hidden states (B, T, C) float32."""

@@ -94,6 +94,7 @@ def fake_tokenizer(max_len: int) -> Tokenizer:
 class FakeBackend:
     spec: ModelSpec = FAKE_SPEC
     workers: int = 1
+    inline_max_tokens: int = 0  # its batch_ms stands for compute: never on the event loop
     delay_s: float = 0.0
     placement: Placement = field(default_factory=lambda: Placement(provider="fake", precision="fp32", graph="none"))
     calls: collections.deque[tuple[str, tuple[int, int]]] = field(  # (path, (B, T)) per batch

@@ -24,11 +24,12 @@ class InjectedFault(RuntimeError):
 class FaultInjectingBackend:
     def __init__(self, inner: Backend, text: str):
         self.inner = inner
-        self.spec, self.tokenizer, self.placement, self.workers = (
+        self.spec, self.tokenizer, self.placement, self.workers, self.inline_max_tokens = (
             inner.spec,
             inner.tokenizer,
             inner.placement,
             inner.workers,
+            inner.inline_max_tokens,
         )
         self.fault_ids = inner.tokenizer.encode(text).ids
         log.warning("fault injection is ON: batches holding %r will fail (testing only)", text)

@@ -237,6 +237,8 @@ class OnnxBackend:
     attention: GraphRunner
     workers: int  # fast-graph batches computed at once (the attention graph runs one at a time)
     threads: int  # intra-op threads of each
+    # a short sentence is 2 to 4 ms on 2 CPU cores: that long, a lone one may hold the event loop
+    inline_max_tokens: int = 32
 
     @property
     def placement(self) -> Placement:

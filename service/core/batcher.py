@@ -6,7 +6,9 @@ never adds more than that to anyone and, at saturation, the wait is never paid: 
 batch is cut the moment the runtime is free. Sequences of similar length are grouped to cut
 padding. Sequences whose request was abandoned (client gone, deadline passed) are dropped
 before they are computed. Inference runs in worker threads, off the event loop: with several
-workers, the next batch is cut as soon as one is free, while the others still compute.
+workers, the next batch is cut as soon as one is free, while the others still compute. The one
+exception is a small batch that finds the batcher idle with nothing else on its way: it runs on
+the event loop at once (see `inline_max_tokens`).
 """
 
 from __future__ import annotations
@@ -111,7 +113,16 @@ class Batcher:
         more_coming: Callable[[], bool] | None = None,
         thread_initializer: Callable[[], None] | None = None,
         workers: int = 1,
+        inline_max_tokens: int = 0,
+        alone: Callable[[], bool] | None = None,
     ):
+        """inline_max_tokens: a request of at most this many padded tokens that finds nothing
+        queued or computing here, and is `alone` (no other request admitted, being tokenized or
+        in flight: the engine's count), runs on the event loop as it is submitted, instead of
+        handing over to a worker thread and back: at idle those two thread wake-ups are a tenth
+        of a short sentence's latency, and a batch this small holds the loop no longer than a
+        couple of milliseconds. Requests that arrive meanwhile are read once it is over and hold
+        tickets by then, so they are batched as usual. 0 (or no `alone`): never."""
         self.name = name
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
@@ -121,6 +132,8 @@ class Batcher:
         self.on_drop = on_drop
         self.on_depth = on_depth
         self.more_coming = more_coming or (lambda: True)
+        self.inline_max_tokens = inline_max_tokens
+        self.alone = alone or (lambda: False)
         self.queue: list[Sequence] = []
         self.queued_tokens = 0
         self._arrived = asyncio.Event()
@@ -148,11 +161,31 @@ class Batcher:
         self._executor.shutdown(wait=True)
 
     def submit(self, sequences: list[Sequence]) -> None:
+        if self._runs_inline(sequences):
+            self._compute_inline(sequences)
+            return
         self.queue.extend(sequences)
         self.queued_tokens += sum(s.length for s in sequences)
         if self.on_depth:
             self.on_depth()
         self._arrived.set()
+
+    def _runs_inline(self, sequences: list[Sequence]) -> bool:
+        padded = len(sequences) * max((s.length for s in sequences), default=0)
+        idle = not self.queue and not self._computing and self._task is not None and not self._task.done()
+        return 0 < padded <= self.inline_max_tokens and idle and self.alone()
+
+    def _compute_inline(self, batch: list[Sequence]) -> None:
+        started = time.monotonic()
+        try:
+            results = self.run_batch(batch)
+        except Exception as exc:
+            self._failed(batch, exc, started)
+            return
+        elapsed = time.monotonic() - started
+        for sequence, result in zip(batch, results, strict=True):
+            self._deliver(sequence, result, started, elapsed)
+        self._observe(batch, started, elapsed)
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -253,21 +286,31 @@ class Batcher:
         try:
             results = await loop.run_in_executor(self._executor, self.run_batch, batch)
         except Exception as exc:
-            log.exception("batch of %d on the %s graph failed", len(batch), self.name)
-            error = exc if isinstance(exc, MhaserveError) else _inference_failed(exc)
-            for sequence in batch:
-                sequence.job.fail(error)
-            if self.on_batch:
-                self.on_batch(BatchStats(len(batch), 0, 0, [], time.monotonic() - started, ok=False))
+            self._failed(batch, exc, started)
             return
         finally:
             self._worker_free.release()  # free for the next batch while this one's answers go out
         elapsed = time.monotonic() - started
         async for sequence, result in taking_turns(zip(batch, results, strict=True)):
-            job = sequence.job
-            job.queue_s = max(job.queue_s, started - sequence.enqueued)
-            job.inference_s = max(job.inference_s, elapsed)
-            job.deliver(sequence.index, result)
+            self._deliver(sequence, result, started, elapsed)
+        self._observe(batch, started, elapsed)
+
+    def _failed(self, batch: list[Sequence], exc: Exception, started: float) -> None:
+        log.exception("batch of %d on the %s graph failed", len(batch), self.name)
+        error = exc if isinstance(exc, MhaserveError) else _inference_failed(exc)
+        for sequence in batch:
+            sequence.job.fail(error)
+        if self.on_batch:
+            self.on_batch(BatchStats(len(batch), 0, 0, [], time.monotonic() - started, ok=False))
+
+    @staticmethod
+    def _deliver(sequence: Sequence, result: Any, started: float, elapsed: float) -> None:
+        job = sequence.job
+        job.queue_s = max(job.queue_s, started - sequence.enqueued)
+        job.inference_s = max(job.inference_s, elapsed)
+        job.deliver(sequence.index, result)
+
+    def _observe(self, batch: list[Sequence], started: float, elapsed: float) -> None:
         if self.on_batch:
             longest = max(s.length for s in batch)
             self.on_batch(

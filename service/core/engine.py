@@ -199,7 +199,7 @@ class Engine:
         # a cross-encoder's sequences are pairs (or texts) scored into logits; an embedder's, texts
         fast, attention = (run_pairs, run_pairs_attention) if spec.is_cross_encoder else (run_fast, run_attention)
         self._batchers = {
-            FAST: self._batcher(FAST, fast, s.max_batch_tokens, backend.workers),
+            FAST: self._batcher(FAST, fast, s.max_batch_tokens, backend.workers, backend.inline_max_tokens),
             ATTENTION: self._batcher(ATTENTION, attention, s.attention_max_batch_tokens, workers=1),
         }
         for batcher in self._batchers.values():
@@ -207,7 +207,12 @@ class Engine:
         self.health.mark_started()
 
     def _batcher(
-        self, path: str, run: Callable[[list[Sequence]], list], max_batch_tokens: int, workers: int
+        self,
+        path: str,
+        run: Callable[[list[Sequence]], list],
+        max_batch_tokens: int,
+        workers: int,
+        inline_max_tokens: int = 0,
     ) -> Batcher:
         return Batcher(
             path,
@@ -221,6 +226,8 @@ class Engine:
             more_coming=self._more_coming if self.settings.batch_wait == "adaptive" else None,
             thread_initializer=functools.partial(lower_thread_priority, self.settings.inference_nice),
             workers=workers,
+            inline_max_tokens=inline_max_tokens if self.settings.batch_wait == "adaptive" else 0,
+            alone=self._alone,
         )
 
     def withdraw(self) -> None:
@@ -446,6 +453,12 @@ class Engine:
 
     def _more_coming(self) -> bool:
         return self.capacity is not None and self.capacity.tokenizing > 0
+
+    def _alone(self) -> bool:
+        """The request being submitted is the only one in this model: none other in flight, being
+        tokenized, or admitted at an edge and not yet here."""
+        c = self.capacity
+        return c is not None and c.inflight <= 1 and c.tokenizing == 0 and c.tickets == 0
 
     async def _encode(self, inputs: tuple | list, truncate: bool, what: str = "inputs") -> list[Encoding]:
         """what: the request field the inputs came from, to name one that is too long."""

@@ -173,3 +173,95 @@ def test_a_batch_s_answers_go_out_in_turns_so_the_loop_reads_its_sockets_between
     partial = [n for n in seen if 0 < n < 64]
     assert partial, seen  # the ticker ran while the batch's answers were going out
     assert all(n % WAKEUPS_PER_TURN == 0 for n in partial), partial
+
+
+class ThreadRecorder:
+    """A quick batch function that records the thread each batch ran on; `fail_on` fails a batch."""
+
+    def __init__(self, fail_on: str | None = None, hold_s: float = 0.0):
+        self.threads: list[int] = []
+        self.fail_on, self.hold_s = fail_on, hold_s
+
+    def __call__(self, batch: list[Sequence]) -> list[str]:
+        self.threads.append(threading.get_ident())
+        time.sleep(self.hold_s)
+        if any(s.payload == self.fail_on for s in batch):
+            raise RuntimeError("this batch fails")
+        return [f"result of {s.payload}" for s in batch]
+
+
+def lengths_job(batcher: Batcher, lengths: list[int], text: str = "t") -> Job:
+    job = Job(len(lengths), time.monotonic() + 30, None)
+    batcher.submit([Sequence(job, i, n, f"{text} {i}") for i, n in enumerate(lengths)])
+    return job
+
+
+def test_a_small_batch_at_idle_runs_on_the_event_loop_and_is_answered_as_it_is_submitted():
+    runtime = ThreadRecorder(fail_on="bad 0")
+
+    async def scenario():
+        batcher = Batcher(
+            "test",
+            runtime,
+            max_batch_size=8,
+            max_batch_tokens=1024,
+            max_wait_ms=0,
+            inline_max_tokens=32,
+            alone=lambda: True,  # no other request in the engine (its count)
+        )
+        batcher.start()
+        loop_thread = threading.get_ident()
+        lone = lengths_job(batcher, [13])
+        answered_at_once = lone.done
+        pair = lengths_job(batcher, [16, 16])  # 32 padded tokens: still small
+        bad = lengths_job(batcher, [8], "bad")  # fails on the loop as it would on a worker: only its job
+        big = lengths_job(batcher, [17, 17])  # 34 padded tokens: a worker's
+        await asyncio.gather(big.future)
+        await batcher.stop()
+        return loop_thread, answered_at_once, lone, pair, bad, big
+
+    loop_thread, answered_at_once, lone, pair, bad, big = asyncio.run(scenario())
+    assert answered_at_once and lone.future.result() == ["result of t 0"]
+    assert pair.future.result() == ["result of t 0", "result of t 1"]
+    with pytest.raises(Exception, match="inference failed for the batch holding this request"):
+        bad.future.result()
+    assert big.future.result() == ["result of t 0", "result of t 1"]
+    assert runtime.threads[:3] == [loop_thread] * 3 and runtime.threads[3] != loop_thread
+
+
+def test_a_small_batch_goes_to_a_worker_when_another_computes_or_it_is_not_alone():
+    runtime = ThreadRecorder(hold_s=0.05)
+    coming = False
+
+    async def scenario():
+        batcher = Batcher(
+            "test",
+            runtime,
+            max_batch_size=1,
+            max_batch_tokens=1024,
+            max_wait_ms=0,
+            inline_max_tokens=32,
+            more_coming=lambda: coming,
+            alone=lambda: not coming,
+        )
+        batcher.start()
+        first = lengths_job(batcher, [40])  # too big: a worker's
+        await asyncio.sleep(0.01)  # it computes
+        beside = lengths_job(batcher, [8])  # small, but another batch computes
+        await asyncio.gather(first.future, beside.future)
+        nonlocal coming
+        coming = True
+        company = lengths_job(batcher, [8])  # idle, but not alone: it waits for company
+        waited = not company.done
+        await company.future
+        coming = False
+        never = Batcher("never", runtime, max_batch_size=1, max_batch_tokens=1024, max_wait_ms=0)
+        never.start()
+        default = lengths_job(never, [8])  # inline_max_tokens 0: never on the loop
+        await default.future
+        await batcher.stop()
+        await never.stop()
+        return threading.get_ident(), waited
+
+    loop_thread, waited = asyncio.run(scenario())
+    assert waited and len(runtime.threads) == 4 and loop_thread not in runtime.threads
