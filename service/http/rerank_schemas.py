@@ -112,6 +112,10 @@ class RerankBody(BaseModel):
     return_documents: StrictBool = Field(False, description='each result carries {"text": its document}')
     truncate: StrictBool = Field(True, description="cut a pair at max_len tokens; false: such a pair is an error")
     timeout_s: float | None = Field(None, gt=0, le=600, description="deadline for this request, seconds")
+    return_attention: PairAttentionBody | None = Field(
+        None, description="mhaserve's: each result carries its pair's attention and where query and document sit"
+    )
+    encoding: Literal["float", "base64"] = Field("float", description="how attention arrays are written")
 
     @staticmethod
     def peek(body: Any) -> list[str]:
@@ -127,6 +131,7 @@ class RerankBody(BaseModel):
             model=self.model,
             truncate=self.truncate,
             top_n=self.top_n,
+            attention=self.return_attention.to_selection() if self.return_attention is not None else None,
             timeout_s=self.timeout_s,
         )
 
@@ -210,6 +215,9 @@ class RerankResultOut(BaseModel):
     index: int
     relevance_score: float
     document: RerankDocument | None = None
+    query_span: list[int] | None = Field(None, description="with return_attention: [start, end) of the query's tokens")
+    document_span: list[int] | None = Field(None, description="with return_attention: [start, end) of the document's")
+    attention: PairAttentionOut | None = Field(None, description="with return_attention")
 
 
 class RerankUsage(BaseModel):
@@ -262,12 +270,18 @@ def pair_attention_fields(result: RerankResult) -> dict:
     }
 
 
-def rerank_response(result: RerankResult, texts: tuple[str, ...], return_documents: bool) -> dict:
+def rerank_response(
+    result: RerankResult, texts: tuple[str, ...], return_documents: bool, encoding: str = "float"
+) -> dict:
     results = []
     for i in result.ranking():
         item: dict[str, Any] = {"index": i, "relevance_score": float(result.scores[i])}
         if return_documents:
             item["document"] = {"text": texts[i]}
+        if result.attention is not None:
+            item["query_span"] = span(result.query_spans[i])
+            item["document_span"] = span(result.document_spans[i])
+            item["attention"] = {**pair_attention_fields(result), **tensor(result.attention[i], encoding)}
         results.append(item)
     return {"model": result.model, "results": results, "usage": {"total_tokens": result.usage_tokens}}
 

@@ -56,12 +56,13 @@ async def tei_rerank(
 )
 async def rerank(body: RerankBody, request: Request, models: ModelsDep, _: Authorized) -> Response:
     """The shape Cohere, Jina, Infinity and vLLM answer (and LangChain's and LlamaIndex's clients
-    read): results best first, `top_n` of them, with relevance_score."""
+    read): results best first, `top_n` of them, with relevance_score; and, mhaserve's own, each
+    pair's attention on request, as /rerank gives it."""
     rerank_request = body.to_request()
     result = await until_disconnected(
         request, lambda gone, ticket: models.rerank(rerank_request, is_disconnected=gone, ticket=ticket)
     )
-    answer = rerank_response(result, rerank_request.documents, body.return_documents)
+    answer = rerank_response(result, rerank_request.documents, body.return_documents, body.encoding)
     return json_response(answer, headers=timing_headers(result))
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from service.backends.fake import WORDS
+from tests.support.decode import decode_float32
 from tests.support.http import post, scrape
 from tests.support.prometheus import metric_value
 from tests.support.server import launch
@@ -200,6 +201,26 @@ def test_attention_blocks_are_the_pairs_full_attention_cut_where_query_and_docum
         np.testing.assert_allclose(rollout_block[index]["attention"]["data"], r[:, :, q0:q1, d0:d1], atol=1e-6)
     embed = post(served, "/v1/embed", {"inputs": ["x"], "model": "fake", "return_attention": {"block": "full"}})
     assert embed.status_code == 422  # embed's attention has no blocks: the field is not part of its body
+
+
+def test_v1_rerank_gives_each_pairs_attention_and_spans_as_rerank_does(served):
+    selection = {"layers": [1], "reduce_heads": "mean", "block": "query_to_document"}
+    tei = post(served, "/rerank", {"query": QUERY, "texts": DOCUMENTS[1:3], "return_attention": selection})
+    body = {"query": QUERY, "documents": DOCUMENTS[1:3], "return_attention": selection, "encoding": "base64"}
+    cohere = post(served, "/v1/rerank", body)
+    plain = post(served, "/v1/rerank", {"query": QUERY, "documents": DOCUMENTS[1:3]})
+    assert tei.status_code == cohere.status_code == plain.status_code == 200, (tei.text, cohere.text)
+    by_index = {item["index"]: item for item in tei.json()}
+    results = cohere.json()["results"]
+    assert [r["index"] for r in results] == [item["index"] for item in tei.json()]  # best first, both
+    for result in results:
+        expected = by_index[result["index"]]
+        assert result["query_span"] == expected["query_span"] and result["document_span"] == expected["document_span"]
+        attention = result["attention"]
+        assert attention["block"] == "query_to_document" and attention["shape"] == expected["attention"]["shape"]
+        got = decode_float32(attention["data"]).reshape(attention["shape"])
+        np.testing.assert_allclose(got, expected["attention"]["data"], atol=1e-7)
+    assert all(set(r) == {"index", "relevance_score"} for r in plain.json()["results"])  # nothing unasked
 
 
 def test_a_rerank_of_n_documents_is_n_sequences_in_one_batch(served):
