@@ -171,9 +171,10 @@ class Batcher:
         self._arrived.set()
 
     def _runs_inline(self, sequences: list[Sequence]) -> bool:
+        if not self.inline_max_tokens or self.queue or self._computing or self._task is None or self._task.done():
+            return False
         padded = len(sequences) * max((s.length for s in sequences), default=0)
-        idle = not self.queue and not self._computing and self._task is not None and not self._task.done()
-        return 0 < padded <= self.inline_max_tokens and idle and self.alone()
+        return 0 < padded <= self.inline_max_tokens and self.alone()
 
     def _compute_inline(self, batch: list[Sequence]) -> None:
         started = time.monotonic()

@@ -237,12 +237,11 @@ class CoalescedWrites:
     def write(self, data: bytes) -> None:
         if not data:
             return
-        if self._pending:
-            self._pending.append(bytes(data))
-            self._flush()
-            return
         self._pending.append(bytes(data))
-        self._loop.call_soon(self._flush)
+        if len(self._pending) == 1:
+            self._loop.call_soon(self._flush)  # held: an answer's body follows its head
+        else:
+            self._flush()
 
     def writelines(self, chunks) -> None:  # type: ignore[no-untyped-def]
         for chunk in chunks:

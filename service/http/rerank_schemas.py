@@ -250,13 +250,20 @@ def tei_rerank_response(result: RerankResult, texts: tuple[str, ...], return_tex
             item["text"] = texts[i]
         if result.tokens is not None:
             item["tokens"] = tokens_out([result.tokens[i]])[0]
-        if result.tokens is not None or result.attention is not None:
-            item["query_span"] = span(result.query_spans[i])
-            item["document_span"] = span(result.document_spans[i])
-        if result.attention is not None:
-            item["attention"] = {**pair_attention_fields(result), **tensor(result.attention[i], encoding)}
-        answers.append(item)
+        answers.append(item | pair_fields(result, i, encoding))
     return answers
+
+
+def pair_fields(result: RerankResult, i: int, encoding: str) -> dict:
+    """Document i's pair as the request asked for it, in either REST shape: where its query and
+    document sit (with tokens or attention) and its attention."""
+    fields: dict[str, Any] = {}
+    if result.tokens is not None or result.attention is not None:
+        fields["query_span"] = span(result.query_spans[i])
+        fields["document_span"] = span(result.document_spans[i])
+    if result.attention is not None:
+        fields["attention"] = {**pair_attention_fields(result), **tensor(result.attention[i], encoding)}
+    return fields
 
 
 def pair_attention_fields(result: RerankResult) -> dict:
@@ -278,11 +285,7 @@ def rerank_response(
         item: dict[str, Any] = {"index": i, "relevance_score": float(result.scores[i])}
         if return_documents:
             item["document"] = {"text": texts[i]}
-        if result.attention is not None:
-            item["query_span"] = span(result.query_spans[i])
-            item["document_span"] = span(result.document_spans[i])
-            item["attention"] = {**pair_attention_fields(result), **tensor(result.attention[i], encoding)}
-        results.append(item)
+        results.append(item | pair_fields(result, i, encoding))
     return {"model": result.model, "results": results, "usage": {"total_tokens": result.usage_tokens}}
 
 

@@ -200,7 +200,6 @@ async def open_loop(senders: Senders, rate: float, stop: asyncio.Event) -> list[
 class StartUp:
     replica: str
     ready_s: float  # docker run -> its /health/ready answers 200
-    loading: tuple[float, float]  # monotonic: docker run -> ready
 
 
 @dataclass
@@ -279,9 +278,9 @@ class Fleet:
 
     def remove_all(self) -> None:
         """Each container's log kept beside the table, then the containers removed."""
+        TABLE.parent.mkdir(parents=True, exist_ok=True)
         for name, container in self.containers.items():
             logs = docker_run(self.docker, "logs", "--timestamps", container.name, check=False, timeout=60)
-            TABLE.parent.mkdir(parents=True, exist_ok=True)
             (TABLE.parent / f"{name}.log").write_text(logs.stdout + logs.stderr)
             docker_run(self.docker, "rm", "--force", container.name, check=False, timeout=60)
 
@@ -294,7 +293,7 @@ async def start_surge(fleet: Fleet) -> list[StartUp]:
         container = fleet.start(name, LOADING_CPUS)
         ready_s = container.wait_ready(min(NEW_REPLICA_READY_WITHIN_S, fleet.deadline.left()))
         fleet.unlimit(name)
-        return StartUp(name, ready_s, (container.started_at, container.started_at + ready_s))
+        return StartUp(name, ready_s)
 
     return list(await asyncio.gather(*(asyncio.to_thread(start_one, new) for _, new in SURGE)))
 
@@ -462,7 +461,7 @@ def table(run: Run, by_phase: dict[str, Phase], shares: dict[str, int], pod: Pod
         f"(p99 meanwhile {p99_ms(r.stopping):.0f} ms)"
         for r in run.replacements
     )
-    row("rollout: r1 by r3, then r2 by r4", by_phase["rollout"], notes)
+    row("rollout: " + ", then ".join(f"{old} by {new}" for old, new in SURGE), by_phase["rollout"], notes)
     row(
         "everything answered before the kill", by_phase["graceful"], "start-up, steady, rollout and the seconds between"
     )
