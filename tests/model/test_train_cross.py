@@ -19,7 +19,7 @@ from artifact.manifest import ATTENTION, FAST, Artifact, sha256_of
 from model.__main__ import main
 from model.cross_encoder import load_cross_encoder
 from model.data import read_sts
-from model.evaluate import OrtCrossEncoder, artifact_sts_spearman, pair_tokenizer
+from model.evaluate import OrtCrossEncoder, artifact_sts_spearman, pair_tokenizer, spearman
 from model.train.tasks import cross_sts_spearman, pair_logits
 from model.train.trainer import LENGTH_WINDOW
 from tests.model.test_train import DIE_AT_STEP, mean_loss, metrics
@@ -99,11 +99,16 @@ def test_training_improves_dev_and_exports_what_it_trained(data, trained):
     pairs = [(p.sentence1, p.sentence2) for p in read_sts(data["test"])]
     expected = pair_logits(best, tokenizer.encode_batch(pairs), torch.device("cpu"))
     for role in (FAST, ATTENTION):
-        np.testing.assert_allclose(OrtCrossEncoder.for_artifact(artifact, role).logits(pairs), expected, atol=1e-4)
-    # the test figure through onnxruntime is the torch one (up to the order of near-tied scores
-    # of the repeated synthetic pairs): the artifact serves what was trained
+        served_logits = OrtCrossEncoder.for_artifact(artifact, role).logits(pairs)
+        np.testing.assert_allclose(served_logits, expected, atol=1e-4)
+        assert np.abs(served_logits - expected).max() < np.ptp(expected) / 10  # also next to their spread
+    # the recorded test figure is the kept model's (torch). Its onnxruntime twin is not compared
+    # with it: this tiny model's logits span about 1e-5, so the runtimes' 1e-7 differences reorder
+    # the repeated synthetic pairs and move Spearman by whole points; the logits are compared above,
+    # against that spread.
+    gold = np.array([p.score for p in read_sts(data["test"])])
+    assert scores["test_spearman"] == round(100.0 * spearman(expected[:, 0], gold), 3)
     served = artifact_sts_spearman(artifact, read_sts(data["test"]))
-    assert served == pytest.approx(scores["test_spearman"], abs=1.0)
     recorded = json.loads((trained / "run" / "scores.json").read_text())
     assert recorded["test_spearman_onnxruntime"] == pytest.approx(served, abs=1e-3)
 
