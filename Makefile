@@ -163,9 +163,15 @@ distill: $(if $(wildcard artifacts/$(TEACHER)/manifest.json),,artifacts/$(TEACHE
 	  --name $(TEACHER)-student --layers $(STUDENT_LAYERS) --epochs 2 --batch-size 32 --lr 1e-4 \
 	  --max-len 128 --threads 2 --resume
 
+# The default tests run on TEST_WORKERS pytest-xdist workers, each taking a whole file at a time (a
+# module's fixtures are built once); then the tests marked `exclusive` run with the machine to
+# themselves: they measure time or capacity against a bound. Plain `pytest` runs all of them in one.
+TEST_WORKERS ?= 2
+DEFAULT_TESTS := not slow and not image and not rollout
 test: model system-deps
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "$(DEFAULT_TESTS) and not exclusive"
+	$(PY) -m pytest -p no:xdist -m "$(DEFAULT_TESTS) and exclusive"
 
 # The side-by-side benchmark (bench/, not part of make test): one table, ratios
 # to the in-process limit measured in the same run, JSON in bench-results/.

@@ -4,6 +4,7 @@ The helpers they use live in tests/support."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +13,15 @@ from artifact.manifest import Artifact
 from tests.support.fake import FakeReference
 from tests.support.reference import Reference
 from tests.support.server import ARTIFACT, ServerProcess, launch
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker's in-process torch gets one thread: two workers on two cores
+    with two spinning threads each spend more CPU than they save."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

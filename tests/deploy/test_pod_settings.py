@@ -12,12 +12,16 @@ import time
 
 import grpc
 import httpx
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.deploy.conftest import REPO, one, server_container
 from tests.deploy.test_consistency import container_env, pod_spec_of
 from tests.deploy.test_dockerfile import HEALTHCHECK_SCRIPT
 from tests.support.server import launch
+
+# measures time or capacity against a bound: make test runs it after the rest, alone
+pytestmark = pytest.mark.exclusive
 
 
 def test_server_with_pod_settings_answers_probes_scrape_keys_and_load_then_drains_in_time(rendered, artifact, tmp_path):

@@ -27,6 +27,9 @@ from tests.support.http import scrape
 from tests.support.prometheus import metric_value
 from tests.support.server import ServerProcess, launch
 
+# measures time or capacity against a bound: make test runs it after the rest, alone
+pytestmark = pytest.mark.exclusive
+
 MODEL = {"model": "all-minilm-l6-v2"}
 CONNECTION_LIMIT = 200  # low enough that the flood and the crowds pass it
 CROWD = 100

@@ -37,6 +37,9 @@ from tests.support.http import scrape
 from tests.support.prometheus import metric_value
 from tests.support.server import ServerProcess, launch
 
+# measures time or capacity against a bound: make test runs it after the rest, alone
+pytestmark = pytest.mark.exclusive
+
 DEADLINE_S = Settings().request_timeout_s
 
 

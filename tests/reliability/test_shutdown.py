@@ -12,12 +12,16 @@ import time
 
 import grpc
 import httpx
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.mhaserve.v1 import encoder_pb2 as pb
 from tests.reliability.drain import GRACE_S, check_drain, health_until_stopped
 from tests.reliability.load import Senders, measure_capacity, open_loop, summarise
 from tests.support.server import ServerProcess, launch
+
+# measures time or capacity against a bound: make test runs it after the rest, alone
+pytestmark = pytest.mark.exclusive
 
 
 def sigterm_during_burst(server: ServerProcess, capacity_s: float, burst_s: float, sigterm_at_s: float) -> tuple:

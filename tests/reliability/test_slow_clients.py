@@ -135,6 +135,7 @@ def quick(start_fake_server) -> Iterator:
     )  # fmt: skip
 
 
+@pytest.mark.exclusive  # compares latencies: make test runs it after the rest, alone
 def test_slowloris_and_non_reading_clients_do_not_slow_a_normal_client(start_fake_server):
     # timeouts longer than the test: every hostile connection is held open while we measure
     server = start_fake_server("--http-header-timeout-s", "60", "--http-send-timeout-s", "60", "--max-wait-ms", "0")
