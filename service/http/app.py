@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from service.auth import ApiKeys
 from service.config import Settings
 from service.core.models import Models
-from service.http.data_routes import METRIC_ROUTES, check_served
+from service.http.data_routes import METRIC_ROUTES, served_routes
 from service.http.edge import Intake, RequestMetrics, install_error_handlers
 from service.http.routes import embed, health, openai, rerank, ui
 from service.http.routes import models as model_list
@@ -27,10 +27,10 @@ def create_app(settings: Settings, models: Models) -> FastAPI:
     app.state.models = models
     app.state.keys = ApiKeys(settings)
     install_error_handlers(app, models.metrics)
-    check_served(ROUTERS)
+    direct = served_routes(ROUTERS)
     for router in ROUTERS:
         app.include_router(router)
     models.metrics.declare_routes("http", METRIC_ROUTES)
-    app.add_middleware(Intake, limit=settings.max_request_bytes, models=models)
+    app.add_middleware(Intake, limit=settings.max_request_bytes, models=models, direct=direct)
     app.add_middleware(RequestMetrics, metrics=models.metrics)
     return app

@@ -4,11 +4,14 @@ reads of a body to admit or refuse the request before the ASGI cycle.
 The edge (`edge.admit_at_edge`, and `protocol.plain_request` before h11) finds a route here by
 its path and reads its texts with the schema's own `peek` and its model from the schema's
 `model` field; the routes register under `Route.path` with `Route.schema` as their body, and
-`check_served` (called by create_app) fails at start-up if the app serves any of them otherwise.
+`served_routes` (called by create_app) fails at start-up if the app serves any of them otherwise,
+and hands the edge each one's served route, whose endpoint the edge calls itself for a body
+that validates (see `edge.Intake`).
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,15 +73,27 @@ def data_route(path: str) -> DataRoute | None:
 METRIC_ROUTES = [*DATA_POST_ROUTES, "/v1/tokenize", "/v1/models"]
 
 
-def check_served(routers: list[APIRouter]) -> None:
-    """Every route declared here is served by one POST route taking its schema as the body."""
+# what every data route's endpoint takes, after its body: the edge calls it with these
+ENDPOINT_PARAMETERS = ("request", "models", "_")
+
+
+def served_routes(routers: list[APIRouter]) -> dict[str, APIRoute]:
+    """The served route of each declared body route, by path. Each must be one POST route taking
+    its schema as the body, then (request, models, _ the API-key check), as `edge.Intake` calls it."""
     served = {route.path: route for router in routers for route in router.routes if isinstance(route, APIRoute)}
+    found = {}
     for path, declared in DATA_POST_ROUTES.items():
         route = served.get(path)
         field = route.body_field if route is not None and "POST" in route.methods else None
         body = field.field_info.annotation if field is not None else None
-        if body is not declared.schema:
+        if route is None or body is not declared.schema:
             raise RuntimeError(f"POST {path} is declared with body {declared.schema}, served with {body}")
+        parameters = tuple(inspect.signature(route.endpoint).parameters)[1:]
+        if parameters != ENDPOINT_PARAMETERS:
+            takes = ", ".join(parameters)
+            raise RuntimeError(f"POST {path}'s endpoint takes (body, {takes}), not (body, request, models, _)")
+        found[path] = route
     for path in KSERVE_INFER_PATHS:
         if path not in served:
             raise RuntimeError(f"POST {path} is declared but not served")
+    return found

@@ -17,6 +17,8 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,6 +26,7 @@ from service.core.capacity import Ticket
 from service.core.models import Models
 from service.errors import InvalidRequest, MhaserveError, NotFound, Overloaded, PayloadTooLarge, Unauthenticated
 from service.http.data_routes import DataRoute, data_route
+from service.http.deps import authorized
 from service.http.schemas import ErrorResponse, KServeErrorResponse
 from service.metrics import Metrics
 from service.types import EmbedRequest, EmbedResult, total_time
@@ -74,11 +77,15 @@ class HttpError(MhaserveError):
         return self.status
 
 
+def counted_error_response(metrics: Metrics, error: MhaserveError, path: str) -> Response:
+    metrics.observe_error(error)
+    return error_response(error, path)
+
+
 def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(MhaserveError)
     async def on_error(request: Request, error: MhaserveError) -> Response:
-        metrics.observe_error(error)
-        return error_response(error, request.url.path)
+        return counted_error_response(metrics, error, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -155,17 +162,32 @@ def error_responses(*statuses: int, kserve: bool = False) -> dict[int | str, dic
 TICKET = "mhaserve.ticket"  # scope key: the request's Ticket from Models.try_admit, until the engine takes it
 
 
+UNREADABLE = object()  # a body that is not JSON: the full path says what is wrong with it
+
+
+def read_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return UNREADABLE
+
+
 def admit_at_edge(models: Models, route: DataRoute, body: bytes) -> Overloaded | Ticket | None:
+    return admit_parsed(models, route, read_json(body))
+
+
+def admit_parsed(models: Models, route: DataRoute, parsed: Any) -> Overloaded | Ticket | None:
     """The edge's decision on a data route's request, made without validation (Models.try_admit):
     a refusal when its least possible tokens cannot fit in its model's queue, else a ticket for its
     expected tokens. None when the full path must decide: a body it cannot read, an unknown model."""
     if route.model is not None and route.model not in models.engines:
         return None  # the full path answers the 404
+    if parsed is UNREADABLE:
+        return None
     try:
-        parsed = orjson.loads(body)
         texts = route.texts(parsed)
         name = route.model or (parsed.get(route.model_field) if route.model_field else None)
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+    except (KeyError, IndexError, TypeError, AttributeError):
         return None  # the full path says what is wrong with it
     texts = [texts] if isinstance(texts, str) else texts
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
@@ -176,17 +198,23 @@ def admit_at_edge(models: Models, route: DataRoute, body: bytes) -> Overloaded |
 
 
 class Intake:
-    """Reads a request body within its limit, and refuses at once what the queue cannot take.
+    """Reads a request body within its limit, refuses at once what the queue cannot take, and
+    runs a data route's valid request itself.
 
     A body over the limit is refused by Content-Length before its first byte, else as soon as
     the running total passes it. A data route's request that the protocol did not decide on
-    (see protocol.GuardedH11Protocol) is decided here by `admit_at_edge`: refused when it cannot
+    (see protocol.GuardedH11Protocol) is decided here by `admit_parsed`: refused when it cannot
     fit, at no cost of routing, validation or tokenizer, else let through with its ticket.
-    The app then gets the body replayed.
+
+    A data route's JSON body that its schema validates goes straight to the route's endpoint,
+    with the API-key check its route declares: FastAPI's routing, dependency solving and second
+    reading of the body were a third of the server's own time for one short sentence at idle
+    (docs/performance.md). Every other request, invalid bodies included, gets the app, with the
+    body replayed, so FastAPI's validation words each 422 as ever.
     """
 
-    def __init__(self, app: ASGIApp, limit: int, models: Models):
-        self.app, self.limit, self.models = app, limit, models
+    def __init__(self, app: ASGIApp, limit: int, models: Models, direct: dict[str, APIRoute]):
+        self.app, self.limit, self.models, self.direct = app, limit, models, direct
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -219,8 +247,9 @@ class Intake:
                 break
         body = b"".join(chunks)
         route = data_route(scope["path"]) if scope["method"] == "POST" else None
+        parsed = UNREADABLE if route is None else read_json(body)
         if route is not None and TICKET not in scope:  # not decided at the protocol already
-            decision = admit_at_edge(self.models, route, body)
+            decision = admit_parsed(self.models, route, parsed)
             if isinstance(decision, Overloaded):
                 scope["route"] = route  # the metrics label
                 return await self._refuse(decision, scope, send)
@@ -235,14 +264,47 @@ class Intake:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # after the body: wait for the disconnect
 
+        served = self.direct.get(route.path) if route is not None and json_content(scope) else None
+        valid = None if served is None else validated(route.schema, parsed)  # type: ignore[union-attr, arg-type]
+        if valid is not None:
+            return await self._run(served, valid, scope, replay, send)  # type: ignore[arg-type]
         await self.app(scope, replay, send)
 
+    async def _run(self, served: APIRoute, body: BaseModel, scope: Scope, receive: Receive, send: Send) -> None:
+        """The route's endpoint on its validated body, answering its errors as the app would."""
+        scope["route"] = served  # the metrics label, as the router sets it
+        request = Request(scope, receive)
+        try:
+            await authorized(request)
+            response = await served.endpoint(body, request, self.models, None)
+        except MhaserveError as error:
+            response = counted_error_response(self.models.metrics, error, scope["path"])
+        await response(scope, receive, send)
+
     async def _refuse(self, error: MhaserveError, scope: Scope, send: Send, close: bool = False) -> None:
-        self.models.metrics.observe_error(error)
-        response = error_response(error, scope["path"])
+        response = counted_error_response(self.models.metrics, error, scope["path"])
         if close:  # the rest of an oversized body is never read
             response.headers["connection"] = "close"
         await response(scope, None, send)  # type: ignore[arg-type]
+
+
+def json_content(scope: Scope) -> bool:
+    """The request says its body is JSON (application/json or a +json type), as FastAPI requires
+    before it reads one."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+            return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+    return False
+
+
+def validated(schema: type[BaseModel], parsed: Any) -> BaseModel | None:
+    if parsed is UNREADABLE:
+        return None
+    try:
+        return schema.model_validate(parsed)
+    except ValidationError:
+        return None
 
 
 class RequestMetrics:

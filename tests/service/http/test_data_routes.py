@@ -9,12 +9,13 @@ from fastapi import APIRouter
 
 from service.http import data_routes
 from service.http.app import ROUTERS
-from service.http.data_routes import DATA_POST_ROUTES, check_served, data_route
-from service.http.schemas import TokenizeBody
+from service.http.data_routes import DATA_POST_ROUTES, data_route, served_routes
+from service.http.deps import ModelsDep
+from service.http.schemas import EmbedBody, TokenizeBody
 
 
 def test_the_app_serves_every_declared_route_with_its_schema():
-    check_served(ROUTERS)  # create_app calls this; here it must not raise
+    served_routes(ROUTERS)  # create_app calls this; here it must not raise
     served = {route.path for router in ROUTERS for route in router.routes}
     assert set(DATA_POST_ROUTES) <= served and set(data_routes.KSERVE_INFER_PATHS) <= served
 
@@ -26,7 +27,17 @@ def test_a_route_served_with_another_body_than_declared_fails_at_start_up():
     async def embed(body: TokenizeBody) -> None: ...
 
     with pytest.raises(RuntimeError, match="POST /v1/embed is declared with body"):
-        check_served([wrong, *ROUTERS[1:]])
+        served_routes([wrong, *ROUTERS[1:]])
+
+
+def test_a_data_endpoint_taking_other_parameters_than_the_edge_passes_fails_at_start_up():
+    wrong = APIRouter()
+
+    @wrong.post("/v1/embed")
+    async def embed(body: EmbedBody, models: ModelsDep) -> None: ...
+
+    with pytest.raises(RuntimeError, match=r"POST /v1/embed's endpoint takes \(body, models\)"):
+        served_routes([wrong, *ROUTERS[1:]])
 
 
 @pytest.mark.parametrize(

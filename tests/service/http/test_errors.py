@@ -101,6 +101,17 @@ def test_failed_batch_fails_only_its_own_requests(limited, fake_reference):
     assert metric_value(scrape(limited), "mhaserve_errors_total", {"type": "inference_failed"}) >= 1
 
 
+@pytest.mark.parametrize("content_type", ["text/plain", None])
+def test_a_body_that_does_not_say_it_is_json_is_422_and_the_same_body_as_json_is_answered(limited, content_type):
+    body = b'{"inputs": ["a b"]}'
+    headers = {"content-type": content_type} if content_type else {}
+    refused = httpx.post(limited.url + "/v1/embed", content=body, headers=headers)
+    assert refused.status_code == 422 and "valid dictionary" in refused.json()["error"]["message"]
+    for json_type in ("application/json", "application/json; charset=utf-8", "application/vnd.api+json"):
+        answered = httpx.post(limited.url + "/v1/embed", content=body, headers={"content-type": json_type})
+        assert answered.status_code == 200 and len(answered.json()["embeddings"]) == 1, json_type
+
+
 def test_unknown_route_is_404_json(limited):
     response = httpx.get(limited.url + "/v1/nothing")
     assert response.status_code == 404 and response.json()["error"]["type"] == "not_found"
